@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make study` runs the study, `make test` runs the tests.
+# Both create .venv from the lock file first if it is missing or older than the lock.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+
+.PHONY: study test lint summary clean-venv
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+study: $(VENV)/.installed  ## run the whole study: dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
+
+test: $(VENV)/.installed  ## run the test suite (fails when no test ran)
+	$(BIN)/python -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$rc
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check src stages tests && $(BIN)/ruff format --check src stages tests
+
+summary: $(VENV)/.installed  ## params and MACs of the three nets
+	$(BIN)/python -m dogbreeds.models --width-mult 1.0 --resolution 224
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,272 @@
+"""Typed view of params.yaml, read once and validated before any work.
+
+Every stage reads the whole file through `load_params`, so a bad value anywhere is reported
+before the first byte of output is written, with the offending key named.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dogbreeds import DogbreedsError
+
+ARCHS = ("cnn", "dsc", "deformable")
+SOURCES = ("stanford", "dbi", "synthetic")
+DEFORM_BACKENDS = ("auto", "reference", "torchvision")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ParamsError(DogbreedsError):
+    """A value in params.yaml is missing or invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class SourceParams:
+    url: str
+    sha256: str
+    folders: dict[str, str]  # canonical breed -> folder name inside the archive
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    per_class: int
+    size: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class DataParams:
+    breeds: list[str]
+    sources: list[str]
+    stanford: SourceParams
+    dbi: SourceParams
+    synthetic: SyntheticParams
+
+
+@dataclass(frozen=True)
+class MergeParams:
+    near_dup_max_bits: int
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    val: float
+    test: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class DeformParams:
+    seed: int
+    affine: dict[str, Any]
+    perspective: dict[str, Any]
+    elastic: dict[str, Any]
+    preview_images: int
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    width_mult: float
+    resolution: int
+    deform_backend: str
+    offset_lr_mult: float
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A 3-stage schedule: stage i is one one-cycle run of epochs[i] epochs peaking at max_lr[i]."""
+
+    name: str
+    epochs: list[int]
+    max_lr: list[float]
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    hflip: bool
+    crop_scale: float
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    archs: list[str]
+    schedules: dict[str, Schedule]
+    batch_size: int
+    weight_decay: float
+    grad_clip: float
+    seed: int
+    device: str
+    augment: AugmentParams
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams
+    merge: MergeParams
+    split: SplitParams
+    deform: DeformParams
+    model: ModelParams
+    train: TrainParams
+
+
+def _get(tree: dict, key: str) -> Any:
+    """Look up a dotted key, failing with the key's name when it is absent."""
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ParamsError(f"params: missing key '{key}'")
+        node = node[part]
+    return node
+
+
+def _num(
+    tree: dict,
+    key: str,
+    kind: type,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+) -> Any:
+    value = _get(tree, key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ParamsError(f"params: '{key}' must be a number, got {value!r}")
+    if kind is int and (not isinstance(value, int)):
+        raise ParamsError(f"params: '{key}' must be an integer, got {value!r}")
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        raise ParamsError(f"params: '{key}' must be {'>' if lo_open else '>='} {lo}, got {value!r}")
+    if hi is not None and value > hi:
+        raise ParamsError(f"params: '{key}' must be <= {hi}, got {value!r}")
+    return kind(value)
+
+
+def _choice(tree: dict, key: str, valid: tuple[str, ...]) -> str:
+    value = _get(tree, key)
+    if value not in valid:
+        raise ParamsError(f"params: '{key}' is {value!r}; valid: {', '.join(valid)}")
+    return value
+
+
+def _choices(tree: dict, key: str, valid: tuple[str, ...]) -> list[str]:
+    values = _get(tree, key)
+    if not isinstance(values, list) or not values:
+        raise ParamsError(f"params: '{key}' must be a non-empty list")
+    for value in values:
+        if value not in valid:
+            raise ParamsError(f"params: '{key}' has {value!r}; valid: {', '.join(valid)}")
+    if len(set(values)) != len(values):
+        raise ParamsError(f"params: '{key}' lists a value twice: {values}")
+    return list(values)
+
+
+def _source(tree: dict, name: str, breeds: list[str]) -> SourceParams:
+    url, sha = _get(tree, f"data.{name}.url"), _get(tree, f"data.{name}.sha256")
+    if not isinstance(url, str) or not url:
+        raise ParamsError(f"params: 'data.{name}.url' must be a non-empty string")
+    sha = sha or ""
+    if sha and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower())):
+        raise ParamsError(f"params: 'data.{name}.sha256' must be 64 hex digits or empty")
+    folders = _get(tree, f"data.{name}.folders")
+    if not isinstance(folders, dict) or set(folders) != set(breeds):
+        raise ParamsError(f"params: 'data.{name}.folders' must map exactly the breeds {breeds}")
+    return SourceParams(url=url, sha256=sha.lower(), folders={b: str(folders[b]) for b in breeds})
+
+
+def _schedule(tree: dict, name: str) -> Schedule:
+    key = f"train.schedules.{name}"
+    epochs, max_lr = _get(tree, f"{key}.epochs"), _get(tree, f"{key}.max_lr")
+    if not isinstance(epochs, list) or not epochs:
+        raise ParamsError(f"params: '{key}.epochs' must be a non-empty list")
+    if not isinstance(max_lr, list) or len(max_lr) != len(epochs):
+        raise ParamsError(
+            f"params: '{key}.max_lr' must list one lr per stage of '{key}.epochs' ({len(epochs)})"
+        )
+    for i in range(len(epochs)):
+        e, lr = epochs[i], max_lr[i]
+        if isinstance(e, bool) or not isinstance(e, int) or e < 1:
+            raise ParamsError(f"params: '{key}.epochs' must hold integers >= 1, got {e!r}")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
+            raise ParamsError(f"params: '{key}.max_lr' must hold numbers > 0, got {lr!r}")
+    return Schedule(name=name, epochs=[int(e) for e in epochs], max_lr=[float(x) for x in max_lr])
+
+
+def parse_params(tree: dict) -> Params:
+    """Validate a params tree (as loaded from YAML) into typed configs."""
+    if not isinstance(tree, dict):
+        raise ParamsError("params: the file must hold a mapping")
+    breeds = _get(tree, "data.breeds")
+    if not isinstance(breeds, list) or len(breeds) < 2 or len(set(breeds)) != len(breeds):
+        raise ParamsError("params: 'data.breeds' must list at least 2 distinct breeds")
+    data = DataParams(
+        breeds=[str(b) for b in breeds],
+        sources=_choices(tree, "data.sources", SOURCES),
+        stanford=_source(tree, "stanford", breeds),
+        dbi=_source(tree, "dbi", breeds),
+        synthetic=SyntheticParams(
+            per_class=_num(tree, "data.synthetic.per_class", int, 1),
+            size=_num(tree, "data.synthetic.size", int, 8),
+            seed=_num(tree, "data.synthetic.seed", int),
+        ),
+    )
+    merge = MergeParams(near_dup_max_bits=_num(tree, "merge.near_dup_max_bits", int, 0, 64))
+    split = SplitParams(
+        val=_num(tree, "split.val", float, 0, 1, lo_open=True),
+        test=_num(tree, "split.test", float, 0, 1, lo_open=True),
+        seed=_num(tree, "split.seed", int),
+    )
+    if split.val + split.test >= 1:
+        total = split.val + split.test
+        raise ParamsError(f"params: 'split.val' + 'split.test' must be < 1, got {total}")
+    for key in ("deform.affine", "deform.perspective", "deform.elastic"):
+        if not isinstance(_get(tree, key), dict):
+            raise ParamsError(f"params: '{key}' must be a mapping")
+    _num(tree, "deform.perspective.p", float, 0, 1)
+    _num(tree, "deform.elastic.p", float, 0, 1)
+    deform = DeformParams(
+        seed=_num(tree, "deform.seed", int),
+        affine=dict(_get(tree, "deform.affine")),
+        perspective=dict(_get(tree, "deform.perspective")),
+        elastic=dict(_get(tree, "deform.elastic")),
+        preview_images=_num(tree, "deform.preview_images", int, 1),
+    )
+    model = ModelParams(
+        width_mult=_num(tree, "model.width_mult", float, 0, lo_open=True),
+        resolution=_num(tree, "model.resolution", int, 16),
+        deform_backend=_choice(tree, "model.deform_backend", DEFORM_BACKENDS),
+        offset_lr_mult=_num(tree, "model.offset_lr_mult", float, 0),
+    )
+    schedules = _get(tree, "train.schedules")
+    if not isinstance(schedules, dict) or not schedules:
+        raise ParamsError("params: 'train.schedules' must map at least one schedule name")
+    train = TrainParams(
+        archs=_choices(tree, "train.archs", ARCHS),
+        schedules={name: _schedule(tree, name) for name in schedules},
+        batch_size=_num(tree, "train.batch_size", int, 1),
+        weight_decay=_num(tree, "train.weight_decay", float, 0),
+        grad_clip=_num(tree, "train.grad_clip", float, 0, lo_open=True),
+        seed=_num(tree, "train.seed", int),
+        device=_choice(tree, "train.device", DEVICES),
+        augment=AugmentParams(
+            hflip=bool(_get(tree, "train.augment.hflip")),
+            crop_scale=_num(tree, "train.augment.crop_scale", float, 0, 1, lo_open=True),
+        ),
+    )
+    return Params(data=data, merge=merge, split=split, deform=deform, model=model, train=train)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; errors name the file and the key."""
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({exc})") from None
+    try:
+        return parse_params(tree)
+    except ParamsError as exc:
+        raise ParamsError(f"{path}: {exc}") from None

@@ -1,0 +1,83 @@
+"""Shared fixtures: a throw-away copy of the project as its own git + DVC repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv's bin, so `dvc` and `python` are the tested ones
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None):
+    """Run a command in `cwd` with the venv first on PATH; return the CompletedProcess."""
+    full_env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+        **(env or {}),
+    }
+    full_env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        what = " ".join(cmd)
+        raise AssertionError(f"{what} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def set_params(repo: Path, **updates) -> None:
+    """Set dotted keys in repo/params.yaml, e.g. set_params(repo, **{"split.seed": 3})."""
+    path = repo / "params.yaml"
+    tree = yaml.safe_load(path.read_text())
+    for key, value in updates.items():
+        node = tree
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A copy of the project in a fresh git repo, set to the synthetic source and a tiny config."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(ROOT / name, repo / name)
+    for name in ("stages", "src"):
+        skip = shutil.ignore_patterns("__pycache__", "*.egg-info")
+        shutil.copytree(ROOT / name, repo / name, ignore=skip)
+    set_params(
+        repo,
+        **{
+            "data.sources": ["synthetic"],
+            "data.synthetic.per_class": 12,
+            "data.synthetic.size": 48,
+            "model.resolution": 32,
+            "deform.preview_images": 4,
+            "train.device": "cpu",
+            "train.batch_size": 16,
+            "train.schedules": {
+                "s20_14_6": {"epochs": [1, 1, 1], "max_lr": [0.01, 0.001, 0.0001]},
+                "s50_7_3": {"epochs": [1, 1, 1], "max_lr": [0.01, 0.001, 0.0001]},
+                "s50_14_6": {"epochs": [1, 1, 1], "max_lr": [0.01, 0.001, 0.0001]},
+            },
+        },
+    )
+    run(["git", "init", "-q"], repo)
+    run(["dvc", "init", "-q"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "init"], repo)
+    return repo

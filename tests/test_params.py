@@ -1,0 +1,95 @@
+"""params.yaml is read once, typed, and every bad value is named by its key."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dogbreeds.params import ParamsError, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+TREE = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def with_value(key: str, value):
+    tree = copy.deepcopy(TREE)
+    node = tree
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    return tree
+
+
+def test_the_repository_params_are_the_papers_study():
+    params = load_params(ROOT / "params.yaml")
+    assert params.data.sources == ["stanford", "dbi"]
+    assert params.model.width_mult == 1.0 and params.model.resolution == 224
+    assert params.train.archs == ["cnn", "dsc", "deformable"]
+    assert {n: s.epochs for n, s in params.train.schedules.items()} == {
+        "s20_14_6": [20, 14, 6],
+        "s50_7_3": [50, 7, 3],
+        "s50_14_6": [50, 14, 6],
+    }
+    for schedule in params.train.schedules.values():
+        assert schedule.max_lr == [0.01, 0.001, 0.0001]
+    assert params.train.batch_size == 32
+    assert params.train.weight_decay == 1e-4 and params.train.grad_clip == 0.1
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        (
+            "train.archs",
+            ["cnn", "resnet"],
+            "'train.archs' has 'resnet'; valid: cnn, dsc, deformable",
+        ),
+        ("train.archs", [], "'train.archs' must be a non-empty list"),
+        ("data.sources", ["imagenet"], "'data.sources' has 'imagenet'"),
+        ("split.val", 1.5, "'split.val' must be <= 1"),
+        ("split.test", 0, "'split.test' must be > 0"),
+        ("split.val", 0.8, "'split.val' + 'split.test' must be < 1"),
+        ("model.width_mult", -0.5, "'model.width_mult' must be > 0"),
+        ("model.resolution", "big", "'model.resolution' must be a number"),
+        ("train.schedules", {}, "'train.schedules' must map at least one schedule"),
+        (
+            "train.schedules.s50_7_3.epochs",
+            [],
+            "'train.schedules.s50_7_3.epochs' must be a non-empty",
+        ),
+        (
+            "train.schedules.s50_7_3.max_lr",
+            [0.01],
+            "'train.schedules.s50_7_3.max_lr' must list one",
+        ),
+        ("train.schedules.s50_7_3.epochs", [5, 0, 1], "must hold integers >= 1"),
+        ("train.device", "tpu", "'train.device' is 'tpu'; valid: auto, cpu, cuda"),
+        ("model.deform_backend", "x", "'model.deform_backend' is 'x'"),
+        ("data.stanford.sha256", "abc", "'data.stanford.sha256' must be 64 hex digits"),
+        ("train.batch_size", 0, "'train.batch_size' must be >= 1"),
+    ],
+)
+def test_invalid_values_name_their_key(key, value, message):
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        parse_params(with_value(key, value))
+
+
+def test_missing_key_is_named():
+    tree = copy.deepcopy(TREE)
+    del tree["train"]["grad_clip"]
+    with pytest.raises(ParamsError, match="missing key 'train.grad_clip'"):
+        parse_params(tree)
+
+
+def test_file_errors_name_the_file(tmp_path):
+    with pytest.raises(ParamsError, match="nope.yaml: file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed")
+    with pytest.raises(ParamsError, match="bad.yaml: not valid YAML"):
+        load_params(bad)

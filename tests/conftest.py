@@ -81,3 +81,27 @@ def project(tmp_path: Path) -> Path:
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "init"], repo)
     return repo
+
+
+@pytest.fixture
+def prepared(tmp_path: Path) -> Path:
+    """tmp_path/data/prepared as the deform stage writes it: 16px uint8 images of 7 classes.
+
+    Each class is a colour plus noise (the same colours in every split), so a net can learn it.
+    """
+    import torch
+
+    breeds = yaml.safe_load((ROOT / "params.yaml").read_text())["data"]["breeds"]
+    generator = torch.Generator().manual_seed(0)
+    colours = torch.rand(len(breeds), 3, 1, 1, generator=generator) * 255
+    folder = tmp_path / "data" / "prepared"
+    folder.mkdir(parents=True)
+    sizes = {"train": 6, "val": 3, "test": 3, "val_clean": 3, "test_clean": 3}  # per class
+    for split, per_class in sizes.items():
+        labels = torch.arange(len(breeds)).repeat_interleave(per_class)
+        noise = 30 * torch.randn(len(labels), 3, 16, 16, generator=generator)
+        images = (colours[labels] + noise).clamp(0, 255).to(torch.uint8)
+        ids = [f"{split}-{i}" for i in range(len(labels))]
+        blob = {"images": images, "labels": labels, "ids": ids, "breeds": breeds}
+        torch.save(blob, folder / f"{split}.pt")
+    return folder

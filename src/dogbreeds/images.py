@@ -1,0 +1,116 @@
+"""Decode one image file into upright RGB pixels, the same way in every stage.
+
+Merge and deform both call `load_rgb`, so the pixels that were checked for duplicates are
+exactly the pixels that get resized into tensors. Files are identified by their content,
+never by their extension (a `.jpg` may be a PNG or a WebP), and anything Pillow cannot
+decode becomes an `UnreadableImage` with a short, path-free reason. `parallel_map` spreads
+such per-image work over all cores.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
+
+from dogbreeds import DogbreedsError
+
+# Modes that carry transparency: flattened onto white so transparent areas do not turn black.
+_ALPHA_MODES = ("RGBA", "LA", "PA", "P")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class UnreadableImage(DogbreedsError):
+    """Pillow could not decode a file; the message is a short reason without the path."""
+
+
+def _describe(exc: Exception) -> str:
+    """A short, deterministic reason (Pillow's own messages can embed paths or object ids)."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image Pillow can decode"
+    if isinstance(exc, Image.DecompressionBombError):
+        return "too many pixels (decompression bomb guard)"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any mode to RGB, compositing transparent images onto white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in _ALPHA_MODES:
+        with warnings.catch_warnings():  # "palette with transparency" is expected here
+            warnings.simplefilter("ignore")
+            rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_rgb(data: bytes, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode image bytes into an upright RGB image.
+
+    `draft_size` lets the JPEG decoder scale down by 1/2, 1/4 or 1/8 while keeping at least
+    that size: several times faster for big photos that are about to be shrunk anyway.
+    """
+    if not data:
+        raise UnreadableImage("empty file")
+    try:
+        image = Image.open(io.BytesIO(data))
+        if draft_size is not None:
+            image.draft("RGB", draft_size)
+        image.load()  # decode now, so truncation is caught here rather than later
+        return _to_rgb(ImageOps.exif_transpose(image))
+    except Exception as exc:  # untrusted files: a decoder may raise nearly anything
+        raise UnreadableImage(_describe(exc)) from exc
+
+
+def load_rgb(path: str | Path, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Read and decode one image file (see `decode_rgb`)."""
+    return decode_rgb(Path(path).read_bytes(), draft_size)
+
+
+def load_square(path: str | Path, side: int) -> Image.Image:
+    """Load an image and resize it to side x side (whole frame kept, aspect not preserved).
+
+    Stretching rather than centre-cropping keeps the whole dog in view.
+    """
+    image = load_rgb(path, draft_size=(side, side))
+    return image.resize((side, side), Image.Resampling.BICUBIC)
+
+
+def parallel_map(
+    func: Callable[[T], R],
+    items: Sequence[T],
+    desc: str,
+    workers: int | None = None,
+    initializer: Callable[[], None] | None = None,
+) -> list[R]:
+    """`[func(item) for item in items]` across all cores, in order, with a progress bar.
+
+    Decoding is CPU-bound, so a process pool scales with the cores. With one worker (or one
+    item) it runs in this process, which keeps small jobs and tests free of start-up cost;
+    `initializer` runs in each pool worker only (e.g. to keep torch to one thread there).
+    """
+    workers = max(1, min(workers or os.cpu_count() or 1, len(items)))
+    results: list[R] = []
+    with tqdm(total=len(items), desc=desc, unit="img") as bar:
+        if workers == 1:
+            for item in items:
+                results.append(func(item))
+                bar.update()
+            return results
+        chunksize = max(1, min(16, len(items) // (workers * 8)))
+        with multiprocessing.Pool(workers, initializer) as pool:
+            for result in pool.imap(func, items, chunksize):
+                results.append(result)
+                bar.update()
+    return results

@@ -1,0 +1,19 @@
+"""Split stage: stratified, seeded train/val/test assignment into data/split/split.csv.
+
+Run from the repository root: PYTHONPATH=src python stages/split.py
+"""
+
+from __future__ import annotations
+
+from dogbreeds.cli import run_stage
+from dogbreeds.params import load_params
+from dogbreeds.split import split_manifest
+
+
+def main() -> None:
+    params = load_params()
+    split_manifest(params.split)
+
+
+if __name__ == "__main__":
+    run_stage(main)

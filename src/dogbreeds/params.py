@@ -6,6 +6,7 @@ before the first byte of output is written, with the offending key named.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -257,11 +258,23 @@ def parse_params(tree: dict) -> Params:
     return Params(data=data, merge=merge, split=split, deform=deform, model=model, train=train)
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, but `5e-05` is a float as in YAML 1.2 (and in DVC, which writes
+    such values for `dvc exp run -S key=0.00005`); PyYAML alone would read it as a string."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml; errors name the file and the key."""
     path = Path(path)
     try:
-        tree = yaml.safe_load(path.read_text())
+        tree = yaml.load(path.read_text(), Loader=_Yaml12Loader)
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found") from None
     except yaml.YAMLError as exc:

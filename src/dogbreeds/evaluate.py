@@ -1,0 +1,171 @@
+"""Evaluation of a trained net: the paper's test numbers, robustness and per-breed errors.
+
+The paper scores its nets on a randomly *deformed* test set; we score that one (the number
+beside the paper's) and the same images undeformed, so the cost of the deformations shows.
+`run_evaluation` is what `stages/evaluate.py` calls: it writes the DVC metrics JSON, the
+confusion matrix as DVC's confusion-template JSON and as a PNG, and logs the test metrics into
+the MLflow run that trained the net.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from dogbreeds import tracking
+from dogbreeds.fsutil import atomic_path
+from dogbreeds.params import Params
+from dogbreeds.train import (
+    Normalize,
+    TrainingError,
+    load_checkpoint,
+    load_split,
+    predict,
+    resolve_device,
+    score,
+    select_run,
+    write_json,
+)
+
+log = logging.getLogger(__name__)
+
+# Metric name prefix -> prepared split file: what the paper reports first.
+SPLITS = {"test": "test.pt", "clean_test": "test_clean.pt", "val": "val.pt"}
+
+
+def confusion_matrix(
+    labels: torch.Tensor, predicted: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    """Counts (C, C): row = actual class, column = predicted class."""
+    flat = labels * num_classes + predicted
+    return torch.bincount(flat, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def per_class_accuracy(confusion: torch.Tensor, breeds: list[str]) -> dict[str, float]:
+    """Recall per breed: the fraction of its test images classified as that breed."""
+    totals = confusion.sum(dim=1).clamp_min(1)
+    return {breed: (confusion[i, i] / totals[i]).item() for i, breed in enumerate(breeds)}
+
+
+def confusion_records(
+    labels: torch.Tensor, predicted: torch.Tensor, breeds: list[str]
+) -> list[dict[str, str]]:
+    """One {"actual", "predicted"} record per image: the input of DVC's confusion template."""
+    return [
+        {"actual": breeds[a], "predicted": breeds[p]}
+        for a, p in zip(labels.tolist(), predicted.tolist(), strict=True)
+    ]
+
+
+def plot_confusion(confusion: torch.Tensor, breeds: list[str], path: Path, title: str) -> None:
+    """The confusion matrix as a PNG with counts in the cells (`dvc plots show` needs the web)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = confusion.numpy()
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    image = ax.imshow(counts, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ax.set_xticks(range(len(breeds)), breeds, rotation=45, ha="right")
+    ax.set_yticks(range(len(breeds)), breeds)
+    ax.set(xlabel="predicted", ylabel="actual", title=title)
+    for row in range(len(breeds)):
+        for col in range(len(breeds)):
+            value = counts[row, col]
+            color = "white" if value > counts.max() / 2 else "black"
+            ax.text(col, row, str(value), ha="center", va="center", color=color, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def predict_split(
+    model: torch.nn.Module, path: Path, breeds: list[str], normalize: Normalize, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities and labels of one prepared split, checked against the net's breeds."""
+    split = load_split(path)
+    if split.breeds != breeds:
+        raise TrainingError(
+            f"{path}: breeds {split.breeds} differ from the checkpoint's {breeds}: "
+            "rerun the pipeline (dvc repro)"
+        )
+    device = normalize.mean.device
+    log_probs = predict(model, split.images.to(device), normalize, batch_size)
+    return log_probs, split.labels.to(device)
+
+
+def trained_run_id(train_metrics: Path) -> str:
+    """The MLflow run id that the train stage stored in its metrics JSON."""
+    try:
+        return json.loads(train_metrics.read_text())["mlflow_run_id"]
+    except (OSError, ValueError, KeyError):
+        raise TrainingError(
+            f"{train_metrics}: no 'mlflow_run_id' (run the train stage first)"
+        ) from None
+
+
+def run_evaluation(
+    params: Params,
+    arch: str,
+    schedule_name: str,
+    prepared: Path = Path("data/prepared"),
+    models_dir: Path = Path("models"),
+    train_metrics_dir: Path = Path("metrics/train"),
+    metrics_dir: Path = Path("metrics/eval"),
+) -> dict:
+    """Score one trained net on test (deformed), clean test and val; write metrics; log MLflow.
+
+    Returns the metrics JSON's content.
+    """
+    select_run(params, arch, schedule_name)
+    run_name = f"{arch}-{schedule_name}"
+    device = resolve_device(params.train.device)
+    model, meta = load_checkpoint(models_dir / f"{run_name}.pt", device)
+    normalize = Normalize(meta["mean"], meta["std"], device)
+    breeds = meta["breeds"]
+
+    outputs = {
+        prefix: predict_split(
+            model, prepared / filename, breeds, normalize, params.train.batch_size
+        )
+        for prefix, filename in SPLITS.items()
+    }
+    results: dict = {}
+    for prefix, (log_probs, labels) in outputs.items():
+        results[f"{prefix}_loss"], results[f"{prefix}_acc"] = score(log_probs, labels)
+    log_probs, labels = outputs["test"]  # the paper's test set: where per-breed errors are read
+    test_labels, predicted = labels.cpu(), log_probs.argmax(dim=1).cpu()
+    confusion = confusion_matrix(test_labels, predicted, len(breeds))
+    results["per_class_test_acc"] = per_class_accuracy(confusion, breeds)
+    log.info(
+        "%s: test acc %.4f (deformed), %.4f (clean); val acc %.4f",
+        run_name,
+        results["test_acc"],
+        results["clean_test_acc"],
+        results["val_acc"],
+    )
+
+    trained_in = trained_run_id(train_metrics_dir / f"{run_name}.json")
+    run = tracking.resume_run(trained_in, run_name, tracking.run_tags(arch, schedule_name))
+    results["mlflow_run_id"] = run.run_id
+
+    confusion_json = metrics_dir / f"{run_name}-confusion.json"
+    confusion_png = metrics_dir / f"{run_name}-confusion.png"
+    write_json(confusion_json, confusion_records(test_labels, predicted, breeds))
+    with atomic_path(confusion_png) as tmp:
+        title = f"{run_name}: deformed test, acc {results['test_acc']:.4f}"
+        plot_confusion(confusion, breeds, tmp, title)
+    write_json(metrics_dir / f"{run_name}.json", results)
+
+    # test metrics only: val_* would clash with the training's per-epoch series of that name
+    flat = {k: v for k, v in results.items() if k.startswith(("test_", "clean_test_"))}
+    flat.update({f"test_acc_{b}": acc for b, acc in results["per_class_test_acc"].items()})
+    run.log_metrics(flat)
+    run.log_artifact(confusion_png)
+    run.log_artifact(confusion_json)
+    return results

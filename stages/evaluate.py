@@ -1,0 +1,19 @@
+"""DVC stage evaluate@<arch>-<schedule>: score one trained net (see dogbreeds.evaluate)."""
+
+import argparse
+
+from dogbreeds.cli import run_stage
+from dogbreeds.evaluate import run_evaluation
+from dogbreeds.params import load_params
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--arch", required=True, help="a net listed in params train.archs")
+    parser.add_argument("--schedule", required=True, help="a key of params train.schedules")
+    args = parser.parse_args()
+    run_evaluation(load_params(), args.arch, args.schedule)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,125 @@
+"""Evaluation on a net whose predictions we know, and its MLflow bookkeeping."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import tiny_params
+
+from dogbreeds import evaluate, tracking, train
+from dogbreeds.models import build_model
+
+BIASED_CLASS = 2  # the constant net below always predicts this breed
+
+
+def constant_net_checkpoint(path: Path, breeds: list[str]) -> torch.Tensor:
+    """A cnn whose head ignores its input: log_softmax(bias) for every image, argmax BIASED_CLASS.
+
+    Returns the log-probabilities it gives every image.
+    """
+    model = build_model("cnn", num_classes=len(breeds), width_mult=0.25)
+    bias = torch.linspace(0, 1, len(breeds))
+    bias[BIASED_CLASS] = 2.0
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(bias)
+    meta = {
+        "arch": "cnn",
+        "schedule": "tiny",
+        "width_mult": 0.25,
+        "resolution": 16,
+        "deform_backend": "auto",
+        "breeds": breeds,
+        "mean": [0.5] * 3,
+        "std": [0.2] * 3,
+        "history": [],
+    }
+    train.save_checkpoint(path, model, meta)
+    return torch.log_softmax(bias, dim=0)
+
+
+@pytest.fixture
+def evaluated(prepared, tmp_path, monkeypatch):
+    """Evaluate the constant net in tmp_path (a DVC repo root with its own MLflow store)."""
+    (tmp_path / ".dvc").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    breeds = train.load_split(prepared / "test.pt").breeds
+    log_probs = constant_net_checkpoint(tmp_path / "models" / "cnn-tiny.pt", breeds)
+    run = tracking.start_run("cnn-tiny", {"arch": "cnn"})
+    train.write_json(tmp_path / "metrics/train/cnn-tiny.json", {"mlflow_run_id": run.run_id})
+
+    def evaluate_now() -> dict:
+        return evaluate.run_evaluation(
+            tiny_params(), "cnn", "tiny", prepared=prepared, models_dir=tmp_path / "models"
+        )
+
+    return evaluate_now, run, log_probs, breeds
+
+
+def test_a_known_net_scores_as_expected(evaluated, tmp_path):
+    evaluate_now, run, log_probs, breeds = evaluated
+    results = evaluate_now()
+
+    labels = train.load_split(tmp_path / "data/prepared/test.pt").labels
+    expected_loss = -log_probs[labels].mean().item()
+    expected_acc = (labels == BIASED_CLASS).double().mean().item()  # 1 / 7 here
+    for prefix in ("test", "clean_test", "val"):
+        assert results[f"{prefix}_loss"] == pytest.approx(expected_loss, rel=1e-5)
+        assert results[f"{prefix}_acc"] == pytest.approx(expected_acc)
+    assert results["per_class_test_acc"] == {
+        b: float(i == BIASED_CLASS) for i, b in enumerate(breeds)
+    }
+
+    on_disk = json.loads((tmp_path / "metrics/eval/cnn-tiny.json").read_text())
+    assert on_disk == results and on_disk["mlflow_run_id"] == run.run_id
+    confusion = json.loads((tmp_path / "metrics/eval/cnn-tiny-confusion.json").read_text())
+    assert len(confusion) == len(labels)
+    assert {r["predicted"] for r in confusion} == {breeds[BIASED_CLASS]}
+    assert [r["actual"] for r in confusion] == [breeds[i] for i in labels]
+    assert (tmp_path / "metrics/eval/cnn-tiny-confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_test_metrics_land_in_the_training_run(evaluated):
+    evaluate_now, run, _, breeds = evaluated
+    results = evaluate_now()
+
+    logged = run.client.get_run(run.run_id)
+    assert logged.data.metrics["test_acc"] == pytest.approx(results["test_acc"])
+    assert logged.data.metrics["clean_test_loss"] == pytest.approx(results["clean_test_loss"])
+    assert f"test_acc_{breeds[BIASED_CLASS]}" in logged.data.metrics
+    artifacts = {a.path for a in run.client.list_artifacts(run.run_id)}
+    assert artifacts == {"cnn-tiny-confusion.png", "cnn-tiny-confusion.json"}
+
+
+def test_a_run_missing_from_the_store_gets_a_new_one(evaluated, tmp_path, caplog):
+    evaluate_now, run, _, _ = evaluated
+    train.write_json(tmp_path / "metrics/train/cnn-tiny.json", {"mlflow_run_id": "0" * 32})
+    with caplog.at_level(logging.WARNING):
+        results = evaluate_now()
+
+    assert "is not in" in caplog.text
+    assert results["mlflow_run_id"] not in (run.run_id, "0" * 32)
+    fresh = run.client.get_run(results["mlflow_run_id"])
+    assert fresh.info.run_name == "cnn-tiny"
+    assert fresh.data.tags["trained_in_run"] == "0" * 32
+    assert fresh.data.metrics["test_acc"] == pytest.approx(results["test_acc"])
+
+
+def test_confusion_matrix_and_per_class_accuracy():
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    predicted = torch.tensor([0, 1, 1, 1, 0])
+    confusion = evaluate.confusion_matrix(labels, predicted, 3)
+    assert confusion.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    assert evaluate.per_class_accuracy(confusion, ["a", "b", "c"]) == {"a": 0.5, "b": 1.0, "c": 0.0}
+
+
+def test_missing_checkpoint_names_the_file(prepared, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(train.TrainingError, match="models/cnn-tiny.pt: not found"):
+        evaluate.run_evaluation(tiny_params(), "cnn", "tiny", prepared=prepared)

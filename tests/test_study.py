@@ -1,0 +1,107 @@
+"""End to end: `dvc repro` of the whole study on the synthetic source, then DVC's incremental
+reruns and an experiment in a temporary copy, all logging into the repository's mlflow.db.
+
+One test walks through the steps in order, because each builds on the previous state and a
+full `dvc repro` is the expensive part (about a minute on 2 cores).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from conftest import run, set_params
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+ARCHS = ("cnn", "dsc", "deformable")
+SCHEDULES = ("s20_14_6", "s50_7_3", "s50_14_6")
+DATA_STAGES = {"download", "merge", "split", "deform"}
+RUN_NAMES = {f"{arch}-{schedule}" for arch in ARCHS for schedule in SCHEDULES}
+# 32-pixel nets are too small to gain from intra-op threads, which only contend on 2 cores.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+def ran(proc) -> set[str]:
+    """The stages a `dvc repro` / `dvc exp run` actually executed."""
+    return set(re.findall(r"Running stage '([^']+)'", proc.stdout + proc.stderr))
+
+
+def tracked_runs(repo: Path) -> list:
+    """Every MLflow run in the repository's own store."""
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("dogbreeds")
+    return client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+def commit(repo: Path, message: str) -> None:
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", message], repo)
+
+
+def test_study_reruns_only_what_changed_and_tracks_every_run(project: Path):
+    # 1. The whole study: data stages, 9 trainings, 9 evaluations, the report.
+    first = run(["dvc", "repro"], project, env=ONE_THREAD)
+    assert ran(first) == (
+        DATA_STAGES
+        | {f"train@{name}" for name in RUN_NAMES}
+        | {f"evaluate@{name}" for name in RUN_NAMES}
+        | {"report"}
+    )
+    runs = tracked_runs(project)
+    assert {r.info.run_name for r in runs} == RUN_NAMES and len(runs) == 9
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    for r in runs:
+        history = client.get_metric_history(r.info.run_id, "val_acc")
+        assert sorted(m.step for m in history) == [1, 2, 3]  # epochs [1, 1, 1]
+        assert {"test_acc", "clean_test_acc", "train_loss"} <= set(r.data.metrics)
+        assert r.data.params["model.resolution"] == "32"
+        assert r.data.tags["mlflow.source.git.commit"]
+        assert r.info.status == "FINISHED"
+    report = (project / "metrics/report.md").read_text()
+    for net in ("CNN", "DSC", "DeformableCNN"):
+        assert f"## DogBreedClassification{net}" in report
+    assert len(list((project / "metrics/figures").glob("*.png"))) == 9
+
+    # 2. Nothing changed: nothing runs.
+    assert ran(run(["dvc", "repro"], project, env=ONE_THREAD)) == set()
+    commit(project, "study")
+
+    # 3. One schedule's max_lr: its three trainings, their evaluations and the report.
+    set_params(project, **{"train.schedules.s50_7_3.max_lr": [0.02, 0.002, 0.0002]})
+    changed = run(["dvc", "repro"], project, env=ONE_THREAD)
+    assert ran(changed) == (
+        {f"train@{arch}-s50_7_3" for arch in ARCHS}
+        | {f"evaluate@{arch}-s50_7_3" for arch in ARCHS}
+        | {"report"}
+    )
+    assert len(tracked_runs(project)) == 12
+    commit(project, "hotter s50_7_3")
+
+    # 4. An experiment in a temporary copy (DVC sets DVC_ROOT) logs into this repo's store.
+    experiment = run(
+        [
+            "dvc",
+            "exp",
+            "run",
+            "--temp",
+            "-n",
+            "cool-cnn",
+            "-S",
+            "train.archs=[cnn]",
+            "-S",
+            "train.schedules.s20_14_6.max_lr=[0.005,0.0005,0.00005]",
+        ],
+        project,
+        env=ONE_THREAD,
+    )
+    assert ran(experiment) == {"train@cnn-s20_14_6", "evaluate@cnn-s20_14_6", "report"}
+    from_exp = [r for r in tracked_runs(project) if r.data.tags.get("dvc_exp_name") == "cool-cnn"]
+    assert [r.info.run_name for r in from_exp] == ["cnn-s20_14_6"]
+    assert "test_acc" in from_exp[0].data.metrics  # the evaluation found the training's run
+    artifacts = project / "mlartifacts" / from_exp[0].info.run_id / "artifacts"
+    assert (artifacts / "cnn-s20_14_6-confusion.png").exists()  # survived the temporary copy
+    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], project).stdout
+    assert "cool-cnn" in shown

@@ -11,7 +11,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from dogbreeds.deformconv import DeformConv, default_backend
-from dogbreeds.models import MODELS, build_model, count_macs, count_params, main, offset_parameters
+from dogbreeds.models import (
+    MODELS,
+    benchmark,
+    build_model,
+    count_macs,
+    count_params,
+    main,
+    offset_parameters,
+)
 
 APPENDIX = Path(__file__).parent / "appendix"
 EXPECTED_PARAMS = {"cnn": 585_383, "dsc": 74_663, "deformable": 621_725}
@@ -184,3 +192,15 @@ def test_unknown_backend_is_rejected():
 def test_auto_backend_picks_reference_on_cpu():
     assert default_backend("cpu") == "reference"
     assert default_backend("cuda") == "torchvision"
+
+
+def test_benchmark_times_every_net_and_backend():
+    table = benchmark(resolution=16, batch=2, device="cpu", steps=1)
+    rows = [line for line in table.splitlines()[2:]]
+    assert [row.split("|")[1:3] for row in rows] == [
+        [" cnn ", " - "],
+        [" dsc ", " - "],
+        [" deformable ", " reference "],
+        [" deformable ", " torchvision "],
+    ]
+    assert all(float(row.split("|")[3].replace(",", "")) > 0 for row in rows)

@@ -211,16 +211,54 @@ def summary_table(width_mult: float, resolution: int) -> str:
     return "\n".join(lines)
 
 
+def benchmark(resolution: int, batch: int, device: str, steps: int = 5) -> str:
+    """Forward+backward images per second of every net (and DeformConv backend) on `device`.
+
+    How the `auto` DeformConv backend was chosen; rerun it on new hardware to check.
+    """
+    import time
+
+    lines = [
+        f"| net | backend | img/s ({device}, {resolution}x{resolution}, batch {batch}) |",
+        "|---|---|---:|",
+    ]
+    x = torch.randn(batch, 3, resolution, resolution, device=device)
+    for name in MODELS:
+        for backend in ("reference", "torchvision") if name == "deformable" else ("-",):
+            model = build_model(name, deform_backend=backend if backend != "-" else "auto")
+            model.to(device)
+            for _ in range(2):  # warm-up: allocator, cuDNN autotuning
+                model(x).sum().backward()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(steps):
+                model(x).sum().backward()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            rate = steps * batch / (time.perf_counter() - start)
+            lines.append(f"| {name} | {backend} | {rate:,.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m dogbreeds.models", description="Params and MACs of the three nets."
     )
     parser.add_argument("--width-mult", type=float, default=1.0, help="MobileNet's alpha")
     parser.add_argument("--resolution", type=int, default=224, help="input side, 224 * rho")
+    parser.add_argument(
+        "--benchmark", action="store_true", help="also time forward+backward img/s per net"
+    )
+    parser.add_argument("--batch", type=int, default=32, help="batch size for --benchmark")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     if args.width_mult <= 0 or args.resolution < 1:
         parser.error("--width-mult must be > 0 and --resolution >= 1")
     print(summary_table(args.width_mult, args.resolution))
+    if args.benchmark:
+        print()
+        print(benchmark(args.resolution, args.batch, args.device))
 
 
 if __name__ == "__main__":

@@ -196,18 +196,21 @@ def count_macs(model: nn.Module, resolution: int) -> int:
     return counter.get_total_flops() // 2
 
 
+def net_size(name: str, width_mult: float, resolution: int) -> tuple[int, int]:
+    """(trainable params, MACs of one forward pass) of a net at the given alpha and side."""
+    model = build_model(name, width_mult=width_mult, deform_backend="reference")
+    return count_params(model), count_macs(model, resolution)
+
+
 def summary_table(width_mult: float, resolution: int) -> str:
     """A Markdown table of every net's params and MACs at the given alpha and side."""
     lines = [
         f"| net | params | MACs (alpha={width_mult:g}, {resolution}x{resolution}) |",
         "|---|---:|---:|",
     ]
-    for name in MODELS:
-        model = build_model(name, width_mult=width_mult, deform_backend="reference")
-        lines.append(
-            f"| {name} ({type(model).__name__}) | {count_params(model):,} "
-            f"| {count_macs(model, resolution) / 1e6:,.1f} M |"
-        )
+    for name, net in MODELS.items():
+        params, macs = net_size(name, width_mult, resolution)
+        lines.append(f"| {name} ({net.__name__}) | {params:,} | {macs / 1e6:,.1f} M |")
     return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dogbreeds import DogbreedsError
 from dogbreeds.fsutil import atomic_path
-from dogbreeds.models import build_model, count_macs, count_params
+from dogbreeds.models import MODELS, net_size
 from dogbreeds.params import Params, Schedule
 from dogbreeds.train import EpochRecord, plot_accuracy, read_history
 
@@ -52,11 +52,7 @@ PAPER_RESULTS: dict[str, dict[str, tuple[float, float, float]]] = {
 }
 PAPER_PARAMS = {"cnn": 585_383, "dsc": 74_663, "deformable": 621_725}  # appendix, at 224x224
 PAPER_RESOLUTION = 224
-NET_NAMES = {
-    "cnn": "DogBreedClassificationCNN",
-    "dsc": "DogBreedClassificationDSC",
-    "deformable": "DogBreedClassificationDeformableCNN",
-}
+NET_NAMES = {arch: net.__name__ for arch, net in MODELS.items()}  # the report's class names
 
 
 class ReportError(DogbreedsError):
@@ -169,10 +165,9 @@ def size_table(archs: list[str], width_mult: float, resolution: int) -> str:
         "|---|---:|---:|---:|",
     ]
     for arch in archs:
-        model = build_model(arch, width_mult=width_mult, deform_backend="reference")
+        params, macs = net_size(arch, width_mult, resolution)
         lines.append(
-            f"| {NET_NAMES[arch]} | {count_params(model):,} "
-            f"| {count_macs(model, resolution) / 1e6:,.1f} M | {PAPER_PARAMS[arch]:,} |"
+            f"| {NET_NAMES[arch]} | {params:,} | {macs / 1e6:,.1f} M | {PAPER_PARAMS[arch]:,} |"
         )
     return "\n".join(lines)
 

@@ -93,3 +93,14 @@ def test_file_errors_name_the_file(tmp_path):
     bad.write_text("train: [unclosed")
     with pytest.raises(ParamsError, match="bad.yaml: not valid YAML"):
         load_params(bad)
+
+
+def test_exponent_floats_written_by_dvc_exp_are_numbers(tmp_path):
+    """`dvc exp run -S 'x=[..., 0.00005]'` writes 5e-05, which YAML 1.1 readers take as a string."""
+    text = (ROOT / "params.yaml").read_text().replace("weight_decay: 0.0001", "weight_decay: 1e-4")
+    text = text.replace("- 0.0001", "- 5e-05")
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    params = load_params(path)
+    assert params.train.weight_decay == 1e-4
+    assert params.train.schedules["s20_14_6"].max_lr == [0.01, 0.001, 5e-05]

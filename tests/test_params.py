@@ -72,6 +72,7 @@ def test_the_repository_params_are_the_papers_study():
         ("model.deform_backend", "x", "'model.deform_backend' is 'x'"),
         ("data.stanford.sha256", "abc", "'data.stanford.sha256' must be 64 hex digits"),
         ("train.batch_size", 0, "'train.batch_size' must be >= 1"),
+        ("train.one_cycle.pct_start", 1.5, "'train.one_cycle.pct_start' must be <= 1"),
     ],
 )
 def test_invalid_values_name_their_key(key, value, message):

@@ -17,7 +17,7 @@ from conftest import ROOT
 
 from dogbreeds import train as training
 from dogbreeds.models import build_model, offset_parameters
-from dogbreeds.params import Params, Schedule, parse_params
+from dogbreeds.params import OneCycleParams, Params, Schedule, parse_params
 
 
 def tiny_params(**updates) -> Params:
@@ -49,7 +49,8 @@ def load_splits(prepared: Path) -> tuple[training.Split, training.Split, trainin
 def test_one_cycle_warms_up_to_max_lr_then_anneals():
     model = build_model("deformable", width_mult=0.25)
     optimizer, peaks = training.make_optimizer(model, 0.01, 1e-4, offset_lr_mult=0.1)
-    scheduler = training.one_cycle(optimizer, peaks, epochs=2, steps=10)
+    shape = OneCycleParams(pct_start=0.3, div_factor=25.0, final_div_factor=1e4)
+    scheduler = training.one_cycle(optimizer, peaks, epochs=2, steps=10, shape=shape)
     base, offset = [], []
     for _ in range(20):
         base.append(optimizer.param_groups[0]["lr"])
@@ -66,6 +67,21 @@ def test_one_cycle_warms_up_to_max_lr_then_anneals():
     assert all(a > b for a, b in zip(base[peak:-1], base[peak + 1 :], strict=True))
     assert base[-1] == pytest.approx(0.01 / 25 / 1e4)  # ends at initial lr / final_div_factor
     assert offset == pytest.approx([lr * 0.1 for lr in base])  # offsets follow at lr * mult
+
+
+def test_one_cycle_shape_comes_from_params():
+    model = build_model("cnn", width_mult=0.25)
+    optimizer, peaks = training.make_optimizer(model, 0.01, 1e-4, offset_lr_mult=0.1)
+    shape = OneCycleParams(pct_start=0.5, div_factor=10.0, final_div_factor=100.0)
+    scheduler = training.one_cycle(optimizer, peaks, epochs=2, steps=10, shape=shape)
+    lrs = []
+    for _ in range(20):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.001)  # max_lr / 10
+    assert lrs.index(max(lrs)) == 10 - 1  # half of 20 steps warm up
+    assert lrs[-1] == pytest.approx(0.001 / 100)
 
 
 def test_offset_convs_get_their_own_group_and_the_rest_one():

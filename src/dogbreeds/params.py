@@ -87,6 +87,15 @@ class Schedule:
 
 
 @dataclass(frozen=True)
+class OneCycleParams:
+    """The shape shared by every one-cycle stage (OneCycleLR's own parameter names)."""
+
+    pct_start: float
+    div_factor: float
+    final_div_factor: float
+
+
+@dataclass(frozen=True)
 class AugmentParams:
     hflip: bool
     crop_scale: float
@@ -96,6 +105,7 @@ class AugmentParams:
 class TrainParams:
     archs: list[str]
     schedules: dict[str, Schedule]
+    one_cycle: OneCycleParams
     batch_size: int
     weight_decay: float
     grad_clip: float
@@ -245,6 +255,11 @@ def parse_params(tree: dict) -> Params:
     train = TrainParams(
         archs=_choices(tree, "train.archs", ARCHS),
         schedules={name: _schedule(tree, name) for name in schedules},
+        one_cycle=OneCycleParams(
+            pct_start=_num(tree, "train.one_cycle.pct_start", float, 0, 1, lo_open=True),
+            div_factor=_num(tree, "train.one_cycle.div_factor", float, 0, lo_open=True),
+            final_div_factor=_num(tree, "train.one_cycle.final_div_factor", float, 0, lo_open=True),
+        ),
         batch_size=_num(tree, "train.batch_size", int, 1),
         weight_decay=_num(tree, "train.weight_decay", float, 0),
         grad_clip=_num(tree, "train.grad_clip", float, 0, lo_open=True),

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from dogbreeds import DogbreedsError, tracking
 from dogbreeds.fsutil import atomic_path
 from dogbreeds.models import build_model, offset_parameters
-from dogbreeds.params import Params, Schedule, TrainParams
+from dogbreeds.params import OneCycleParams, Params, Schedule, TrainParams
 
 log = logging.getLogger(__name__)
 
@@ -167,15 +167,26 @@ def make_optimizer(
 
 
 def one_cycle(
-    optimizer: torch.optim.Optimizer, peaks: list[float], epochs: int, steps: int
+    optimizer: torch.optim.Optimizer,
+    peaks: list[float],
+    epochs: int,
+    steps: int,
+    shape: OneCycleParams,
 ) -> torch.optim.lr_scheduler.OneCycleLR:
-    """One cycle over a stage, stepped per batch, with PyTorch's defaults for its shape.
+    """One cycle over a stage, stepped per batch (params train.one_cycle: PyTorch's defaults).
 
-    Warm-up: lr rises (cosine) from peak/25 to peak over the first 30% of the steps.
-    Anneal:  lr falls (cosine) to peak/25/1e4 at the last step; Adam's beta1 cycles 0.95-0.85.
+    Warm-up: lr rises (cosine) from peak/div_factor to peak over pct_start of the steps.
+    Anneal:  lr falls (cosine) to that start / final_div_factor at the last step; Adam's beta1
+             cycles 0.95-0.85 meanwhile.
     """
     return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=peaks, epochs=epochs, steps_per_epoch=steps
+        optimizer,
+        max_lr=peaks,
+        epochs=epochs,
+        steps_per_epoch=steps,
+        pct_start=shape.pct_start,
+        div_factor=shape.div_factor,
+        final_div_factor=shape.final_div_factor,
     )
 
 
@@ -354,7 +365,7 @@ def train_model(
     history: list[EpochRecord] = []
     for stage, (epochs, max_lr) in enumerate(zip(schedule.epochs, schedule.max_lr, strict=True), 1):
         optimizer, peaks = make_optimizer(model, max_lr, tp.weight_decay, offset_lr_mult)
-        scheduler = one_cycle(optimizer, peaks, epochs, steps)
+        scheduler = one_cycle(optimizer, peaks, epochs, steps, tp.one_cycle)
         progress = StageProgress(
             f"{desc} stage {stage}/{len(schedule.epochs)}",
             stage_steps=epochs * steps,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from datagen import set_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin, so `dvc` and `python` are the tested ones
@@ -39,13 +40,7 @@ def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None):
 def set_params(repo: Path, **updates) -> None:
     """Set dotted keys in repo/params.yaml, e.g. set_params(repo, **{"split.seed": 3})."""
     path = repo / "params.yaml"
-    tree = yaml.safe_load(path.read_text())
-    for key, value in updates.items():
-        node = tree
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[last] = value
+    tree = set_keys(yaml.safe_load(path.read_text()), updates)
     path.write_text(yaml.safe_dump(tree, sort_keys=False))
 
 

@@ -27,16 +27,20 @@ STANFORD_PUG = "n02110958-pug"
 STANFORD_OTHER = "n02088364-beagle"  # in the full archive, not in the study
 
 
-def params_with(**updates) -> Params:
-    """The project's params.yaml with dotted keys set, e.g. params_with(**{"split.seed": 1})."""
-    tree = yaml.safe_load((ROOT / "params.yaml").read_text())
+def set_keys(tree: dict, updates: dict) -> dict:
+    """Set dotted keys in a params tree in place, e.g. {"split.seed": 1}; returns the tree."""
     for key, value in updates.items():
         node = tree
         *parents, last = key.split(".")
         for part in parents:
             node = node[part]
         node[last] = value
-    return parse_params(tree)
+    return tree
+
+
+def params_with(**updates) -> Params:
+    """The project's params.yaml with dotted keys set, e.g. params_with(**{"split.seed": 1})."""
+    return parse_params(set_keys(yaml.safe_load((ROOT / "params.yaml").read_text()), updates))
 
 
 def photo(seed: int, size: tuple[int, int] = (48, 36), mode: str = "RGB") -> Image.Image:

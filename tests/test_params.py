@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from datagen import set_keys
 
 from dogbreeds.params import ParamsError, load_params, parse_params
 
@@ -16,13 +17,7 @@ TREE = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
 def with_value(key: str, value):
-    tree = copy.deepcopy(TREE)
-    node = tree
-    *parents, last = key.split(".")
-    for part in parents:
-        node = node[part]
-    node[last] = value
-    return tree
+    return set_keys(copy.deepcopy(TREE), {key: value})
 
 
 def test_the_repository_params_are_the_papers_study():

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT
+from datagen import set_keys
 
 from dogbreeds import train as training
 from dogbreeds.models import build_model, offset_parameters
@@ -27,13 +28,7 @@ def tiny_params(**updates) -> Params:
     tree["model"]["width_mult"] = 0.25
     tree["train"].update(device="cpu", batch_size=8)
     tree["train"]["schedules"] = {"tiny": {"epochs": [1, 1, 1], "max_lr": [0.01, 0.001, 0.0001]}}
-    for key, value in updates.items():
-        node = tree
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    return parse_params(tree)
+    return parse_params(set_keys(tree, updates))
 
 
 def load_splits(prepared: Path) -> tuple[training.Split, training.Split, training.Normalize]:

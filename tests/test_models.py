@@ -13,11 +13,9 @@ from torch.nn import functional as F
 from dogbreeds.deformconv import DeformConv, default_backend
 from dogbreeds.models import (
     MODELS,
-    benchmark,
     build_model,
     count_macs,
     count_params,
-    main,
     offset_parameters,
 )
 
@@ -110,13 +108,6 @@ def test_offset_parameters_are_the_offset_convs():
     assert offset_parameters(build_model("cnn")) == []
 
 
-def test_summary_command_prints_a_table(capsys):
-    main(["--width-mult", "0.5", "--resolution", "64"])
-    out = capsys.readouterr().out
-    assert "| cnn (DogBreedClassificationCNN) |" in out
-    assert f"{count_params(build_model('dsc', width_mult=0.5)):,}" in out
-
-
 # ----------------------------------------------------------------------------- DeformConv
 
 
@@ -192,15 +183,3 @@ def test_unknown_backend_is_rejected():
 def test_auto_backend_picks_reference_on_cpu():
     assert default_backend("cpu") == "reference"
     assert default_backend("cuda") == "torchvision"
-
-
-def test_benchmark_times_every_net_and_backend():
-    table = benchmark(resolution=16, batch=2, device="cpu", steps=1)
-    rows = [line for line in table.splitlines()[2:]]
-    assert [row.split("|")[1:3] for row in rows] == [
-        [" cnn ", " - "],
-        [" dsc ", " - "],
-        [" deformable ", " reference "],
-        [" deformable ", " torchvision "],
-    ]
-    assert all(float(row.split("|")[3].replace(",", "")) > 0 for row in rows)

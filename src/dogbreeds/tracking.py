@@ -34,7 +34,6 @@ for _noisy in ("mlflow", "alembic"):
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "dogbreeds"
-BATCH = 100  # MLflow accepts at most 100 params per log_batch call
 
 
 def store_root(cwd: Path | None = None) -> Path:
@@ -122,9 +121,9 @@ class Run:
         self.run_id = run_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
+        # MlflowClient.log_batch splits params into MLflow's 100-per-request limit itself.
         items = [Param(key, value) for key, value in flatten(params).items()]
-        for start in range(0, len(items), BATCH):
-            self.client.log_batch(self.run_id, params=items[start : start + BATCH])
+        self.client.log_batch(self.run_id, params=items)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)

@@ -173,6 +173,6 @@ def tiny_params(**updates) -> Params:
     tree = yaml.safe_load((ROOT / "params.yaml").read_text())
     tree["model"]["resolution"] = 16
     tree["model"]["width_mult"] = 0.25
-    tree["train"].update(device="cpu", batch_size=8)
+    tree["train"].update(device="cpu", batch_size=8, amp="off")  # the same on every CPU
     tree["train"]["schedules"] = {"tiny": {"epochs": [1, 1, 1], "max_lr": [0.01, 0.001, 0.0001]}}
     return parse_params(set_keys(tree, updates))

@@ -12,8 +12,11 @@ from torch import nn
 
 from dogbreeds import engine
 from dogbreeds.models import build_model, offset_parameters
-from dogbreeds.params import OneCycleParams, Schedule
+from dogbreeds.params import AugmentParams, OneCycleParams, Schedule
 from dogbreeds.prepared import Split, load_split
+from dogbreeds.progress import RunProgress
+
+CPU = torch.device("cpu")
 
 
 def load_splits(prepared: Path) -> tuple[Split, Split, engine.Normalize]:
@@ -156,7 +159,8 @@ def test_gradients_are_clipped_by_value_before_each_step(prepared, monkeypatch):
 
 def test_augment_flip_only_mirrors_exactly():
     x = torch.rand(16, 3, 8, 8)
-    out = engine.augment(x, torch.Generator().manual_seed(0), hflip=True, crop_scale=1.0)
+    theta = engine.augment_thetas(16, torch.Generator().manual_seed(0), hflip=True, crop_scale=1.0)
+    out = engine.augment(x, theta)
     flipped = [torch.allclose(o, xi.flip(-1), atol=1e-6) for o, xi in zip(out, x, strict=True)]
     kept = [torch.allclose(o, xi, atol=1e-6) for o, xi in zip(out, x, strict=True)]
     assert all(f or k for f, k in zip(flipped, kept, strict=True))
@@ -170,8 +174,8 @@ def test_augment_crop_zooms_in_at_a_seeded_position():
     ramp = torch.arange(side, dtype=torch.float32)
     x = torch.stack([ramp.expand(side, side), ramp[:, None].expand(side, side)])  # (2, H, W)
     x = x.unsqueeze(0).repeat(64, 1, 1, 1)  # x-ramp, y-ramp channels
-    a = engine.augment(x, torch.Generator().manual_seed(1), hflip=False, crop_scale=0.5)
-    b = engine.augment(x, torch.Generator().manual_seed(1), hflip=False, crop_scale=0.5)
+    draw = lambda: engine.augment_thetas(64, torch.Generator().manual_seed(1), False, 0.5)  # noqa: E731
+    a, b = engine.augment(x, draw()), engine.augment(x, draw())
     assert torch.equal(a, b)  # seeded
 
     inner = slice(4, side - 4)  # away from the border, where clamping flattens the ramp
@@ -189,7 +193,8 @@ def test_augment_crop_zooms_in_at_a_seeded_position():
     scales = torch.tensor([o[0].mean(dim=0)[inner].diff().mean().item() for o in a])
     starts = torch.tensor([o[0].mean(dim=0)[4].item() for o in a])
     assert scales.std() > 0.05 and starts.std() > 0.5  # both drawn per image, not fixed
-    assert engine.augment(x, torch.Generator(), hflip=False, crop_scale=1.0) is x
+    assert engine.augment_thetas(64, torch.Generator(), hflip=False, crop_scale=1.0) is None
+    assert engine.augment(x, None) is x
 
 
 def test_channel_stats_match_a_float_computation():
@@ -202,9 +207,22 @@ def test_channel_stats_match_a_float_computation():
 
 @pytest.mark.parametrize(("n", "batch_size", "expected"), [(32, 16, 2), (33, 16, 2), (34, 16, 3)])
 def test_a_single_image_batch_is_dropped(n, batch_size, expected):
-    batches = engine.epoch_batches(n, batch_size, torch.Generator().manual_seed(0))
-    assert len(batches) == expected == engine.steps_per_epoch(n, batch_size)
-    assert min(len(b) for b in batches) > 1
+    augment = AugmentParams(hflip=True, crop_scale=0.8)
+    plan = engine.epoch_plan(n, batch_size, torch.Generator().manual_seed(0), augment, CPU)
+    assert len(plan) == expected == engine.steps_per_epoch(n, batch_size)
+    assert min(len(b.index) for b in plan) > 1
+    assert all(b.theta.shape == (len(b.index), 2, 3) for b in plan)
+
+
+def test_an_epoch_plan_is_drawn_once_from_the_cpu_generator():
+    """Permutation first, then every image's augmentation: the same stream on every device."""
+    augment = AugmentParams(hflip=True, crop_scale=0.8)
+    plan = engine.epoch_plan(10, 4, torch.Generator().manual_seed(3), augment, CPU)
+    generator = torch.Generator().manual_seed(3)
+    order = torch.randperm(10, generator=generator)
+    theta = engine.augment_thetas(10, generator, True, 0.8)
+    assert torch.equal(torch.cat([b.index for b in plan]), order)
+    assert torch.equal(torch.cat([b.theta for b in plan]), theta)
 
 
 def test_train_epoch_weights_loss_and_accuracy_by_images_not_batches():
@@ -224,7 +242,7 @@ def test_train_epoch_weights_loss_and_accuracy_by_images_not_batches():
     tp = tiny_params(
         **{"train.batch_size": 4, "train.augment.hflip": False, "train.augment.crop_scale": 1.0}
     ).train
-    progress = engine.RunProgress("t", 3, "cpu")
+    progress = RunProgress("t", 3, "cpu")
     loss, acc, _ = engine.train_epoch(
         model, train, normalize, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False),
         tp, torch.Generator().manual_seed(0), progress,

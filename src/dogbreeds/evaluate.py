@@ -17,7 +17,16 @@ import torch
 
 from dogbreeds import DogbreedsError, tracking
 from dogbreeds.checkpoint import load_checkpoint
-from dogbreeds.engine import Normalize, predict, resolve_device, score
+from dogbreeds.engine import (
+    AMP_DTYPES,
+    Normalize,
+    configure_device,
+    predict,
+    prepare_model,
+    resolve_amp,
+    resolve_device,
+    score,
+)
 from dogbreeds.fsutil import atomic_path, write_json
 from dogbreeds.params import Params, select_run
 from dogbreeds.plots import plot_confusion
@@ -59,7 +68,12 @@ def confusion_records(
 
 
 def predict_split(
-    model: torch.nn.Module, path: Path, breeds: list[str], normalize: Normalize, batch_size: int
+    model: torch.nn.Module,
+    path: Path,
+    breeds: list[str],
+    normalize: Normalize,
+    batch_size: int,
+    amp: str = "off",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities and labels of one prepared split, checked against the net's breeds."""
     split = load_split(path)
@@ -69,7 +83,7 @@ def predict_split(
             "rerun the pipeline (dvc repro)"
         )
     device = normalize.mean.device
-    log_probs = predict(model, split.images.to(device), normalize, batch_size)
+    log_probs = predict(model, split.images.to(device), normalize, batch_size, AMP_DTYPES[amp])
     return log_probs, split.labels.to(device)
 
 
@@ -99,13 +113,16 @@ def run_evaluation(
     select_run(params, arch, schedule_name)
     run_name = f"{arch}-{schedule_name}"
     device = resolve_device(params.train.device)
+    configure_device(device)
+    amp = resolve_amp(params.train.amp, device, arch)  # the precision training used here
     model, meta = load_checkpoint(models_dir / f"{run_name}.pt", device)
+    model = prepare_model(model, device)
     normalize = Normalize(meta["mean"], meta["std"], device)
     breeds = meta["breeds"]
 
     outputs = {
         prefix: predict_split(
-            model, prepared / filename, breeds, normalize, params.train.batch_size
+            model, prepared / filename, breeds, normalize, params.train.batch_size, amp
         )
         for prefix, filename in SPLITS.items()
     }

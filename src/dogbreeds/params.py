@@ -19,6 +19,7 @@ ARCHS = ("cnn", "dsc", "deformable")
 SOURCES = ("stanford", "dbi", "synthetic")
 DEFORM_BACKENDS = ("auto", "reference", "torchvision")
 DEVICES = ("auto", "cpu", "cuda")
+AMPS = ("auto", "off", "bf16", "fp16")
 
 
 class ParamsError(DogbreedsError):
@@ -119,6 +120,7 @@ class TrainParams:
     grad_clip: float
     seed: int
     device: str
+    amp: str  # auto | off | bf16 | fp16 (see engine.resolve_amp)
     augment: AugmentParams
 
 
@@ -283,6 +285,7 @@ def parse_params(tree: dict) -> Params:
         grad_clip=_num(tree, "train.grad_clip", float, 0, lo_open=True),
         seed=_num(tree, "train.seed", int),
         device=_choice(tree, "train.device", DEVICES),
+        amp=_choice(tree, "train.amp", AMPS),
         augment=AugmentParams(
             hflip=_bool(tree, "train.augment.hflip"),
             crop_scale=_num(tree, "train.augment.crop_scale", float, 0, 1, lo_open=True),

@@ -17,7 +17,18 @@ import torch
 
 from dogbreeds import tracking
 from dogbreeds.checkpoint import save_checkpoint
-from dogbreeds.engine import Normalize, channel_stats, resolve_device, train_model
+from dogbreeds.deformconv import default_backend
+from dogbreeds.engine import (
+    AMP_DTYPES,
+    Normalize,
+    channel_stats,
+    configure_device,
+    prepare_model,
+    resolve_amp,
+    resolve_device,
+    runtime,
+    train_model,
+)
 from dogbreeds.fsutil import write_json
 from dogbreeds.history import write_history
 from dogbreeds.models import build_model
@@ -50,6 +61,11 @@ def run_training(
     schedule = select_run(params, arch, schedule_name)
     run_name = f"{arch}-{schedule_name}"
     device = resolve_device(params.train.device)
+    configure_device(device)
+    amp = resolve_amp(params.train.amp, device, arch)
+    backend = params.model.deformable.backend
+    if backend == "auto":
+        backend = default_backend(device)
     train, val = load_prepared(prepared, params.model.resolution)
     mean, std = channel_stats(train.images)
     normalize = Normalize(mean, std, device)
@@ -59,18 +75,21 @@ def run_training(
         arch,
         num_classes=len(train.breeds),
         width_mult=params.model.width_mult,
-        deform_backend=params.model.deformable.backend,
-    ).to(device)
-    log.info("%s on %s: %d train, %d val images", run_name, device, len(train.ids), len(val.ids))
+        deform_backend=backend,
+    )
+    model = prepare_model(model, device)
+    info = runtime(device, amp, backend if arch == "deformable" else None)
+    log.info("%s: %d train, %d val images; %s", run_name, len(train.ids), len(val.ids), info)
 
     with tracking.training_run(run_name, tracking.run_tags(arch, schedule_name)) as run:
         run.log_params(run_params(params, arch, schedule))
+        run.set_tags({f"runtime.{k}": v for k, v in info.items()})
         started = time.perf_counter()
         history = train_model(
             model, train, val, normalize, schedule, params.train,
             params.model.deformable.offset_lr_mult,
             on_epoch=lambda r: run.log_metrics(r.metrics(), step=r.epoch),
-            desc=run_name,
+            desc=run_name, dtype=AMP_DTYPES[amp],
         )  # fmt: skip
         wall_time = time.perf_counter() - started
         last = history[-1]
@@ -81,7 +100,7 @@ def run_training(
             "val_acc": last.val_acc,
             "epochs": last.epoch,
             "wall_time_s": round(wall_time, 2),
-            "device": str(device),
+            **info,
             "mlflow_run_id": run.run_id,  # the run cache may skip this stage: keep the id here
         }
         meta = {
@@ -89,7 +108,8 @@ def run_training(
             "schedule": schedule_name,
             "width_mult": params.model.width_mult,
             "resolution": params.model.resolution,
-            "deform_backend": params.model.deformable.backend,
+            "deform_backend": backend,
+            "amp": amp,
             "breeds": train.breeds,
             "mean": mean,
             "std": std,

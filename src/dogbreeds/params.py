@@ -17,7 +17,7 @@ from dogbreeds import DogbreedsError
 
 ARCHS = ("cnn", "dsc", "deformable")
 SOURCES = ("stanford", "dbi", "synthetic")
-DEFORM_BACKENDS = ("auto", "reference", "torchvision")
+DEFORM_BACKENDS = ("auto", "reference", "gather", "torchvision")  # deformconv.BACKENDS
 DEVICES = ("auto", "cpu", "cuda")
 AMPS = ("auto", "off", "bf16", "fp16")
 

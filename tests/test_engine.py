@@ -276,3 +276,31 @@ def test_predict_scores_in_eval_mode():
         alone = torch.cat([model(normalize(engine.to_unit(images[i : i + 1]))) for i in range(6)])
     assert torch.allclose(batched, alone, atol=1e-5)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("arch", ["cnn", "dsc", "deformable"])
+def test_one_epoch_per_net_at_32px_under_cpu_bf16_autocast(arch):
+    """Every net trains and scores under CPU autocast (the DeformConv positions stay float32)."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(24) % 7
+    split = Split(images, labels, [str(i) for i in range(24)], [f"b{i}" for i in range(7)])
+    normalize = engine.Normalize([0.5] * 3, [0.25] * 3, CPU)
+    torch.manual_seed(0)
+    model = engine.prepare_model(build_model(arch, width_mult=0.25), CPU)
+    history = engine.train_model(
+        model, split, split, normalize, Schedule("s", [1], [0.01]), tiny_params().train, 0.1,
+        dtype=torch.bfloat16,
+    )  # fmt: skip
+    assert len(history) == 1
+    assert torch.isfinite(torch.tensor([history[0].train_loss, history[0].val_loss])).all()
+    log_probs = engine.predict(model, images, normalize, 8, torch.bfloat16)
+    assert log_probs.dtype == torch.float32 and log_probs.shape == (24, 7)
+
+
+def test_auto_precision_is_float32_without_native_bf16(monkeypatch):
+    monkeypatch.setattr(engine, "native_cpu_bf16", lambda: False)
+    assert engine.resolve_amp("auto", CPU, "cnn") == "off"
+    monkeypatch.setattr(engine, "native_cpu_bf16", lambda: True)
+    assert engine.resolve_amp("auto", CPU, "cnn") == engine.CPU_AUTO_AMP["cnn"]
+    assert engine.resolve_amp("off", CPU, "cnn") == "off"

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: study test lint summary clean-venv
+.PHONY: study test lint summary bench clean-venv
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,3 +30,6 @@ summary: $(VENV)/.installed  ## params and MACs of the three nets
 
 clean-venv:
 	rm -rf $(VENV)
+
+bench: $(VENV)/.installed  ## training-step throughput per net, backend, batch and precision
+	$(BIN)/python -m dogbreeds.bench --out bench

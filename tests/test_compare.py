@@ -39,9 +39,13 @@ NET_RGB = {"cnn": (31, 119, 180), "dsc": (255, 127, 14), "deformable": (44, 160,
 # ----------------------------------------------------------------------------- fast checks
 
 
-def test_grid_points_are_every_width_and_side_widest_first():
-    points = grid_points([1.0, 0.5], [64, 40])
-    assert [p.label for p in points] == ["a1-r64", "a1-r40", "a0.5-r64", "a0.5-r40"]
+def test_grid_points_come_in_the_order_of_mobilenets_tables():
+    points = grid_points([0.5, 1.0, 0.25], [40, 64, 56])
+    assert [p.label for p in points] == [
+        "a1-r64", "a0.5-r64", "a0.25-r64",  # Table 6: every width at the largest side
+        "a1-r56", "a1-r40",  # Table 7: the largest width at every side
+        "a0.5-r56", "a0.5-r40", "a0.25-r56", "a0.25-r40",
+    ]  # fmt: skip
     with pytest.raises(GridError, match="--widths"):
         grid_points([0.0], [64])
     with pytest.raises(GridError, match="--resolutions"):

@@ -50,14 +50,24 @@ class GridPoint:
 
 
 def grid_points(widths: list[float], resolutions: list[int]) -> list[GridPoint]:
-    """Every (alpha, side) pair, widest and largest first, as MobileNet's tables read."""
+    """Every (alpha, side) pair, in the order that lets a half-run queue answer MobileNet's
+    own tables first: Table 6 (every alpha at the largest side), then Table 7 (the largest
+    alpha at every side), then the rest; widest and largest first within each."""
     for width in widths:
         if width <= 0:
             raise GridError(f"--widths: every width multiplier must be > 0, got {width:g}")
     for side in resolutions:
         if side < 16:  # the nets halve the side four times
             raise GridError(f"--resolutions: every side must be >= 16 px, got {side}")
-    return [GridPoint(w, r) for w in widths for r in resolutions]
+    widths, resolutions = sorted(widths, reverse=True), sorted(resolutions, reverse=True)
+    points = [GridPoint(w, r) for w in widths for r in resolutions]
+
+    def table(point: GridPoint) -> int:
+        if point.resolution == resolutions[0]:
+            return 6  # MobileNet's Table 6: width multipliers
+        return 7 if point.width_mult == widths[0] else 8  # Table 7: resolutions; the rest
+
+    return sorted(points, key=table)  # stable: keeps widest and largest first
 
 
 def schedule_overrides(params_file: Path, keep: str) -> list[str]:

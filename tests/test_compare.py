@@ -108,11 +108,18 @@ def test_collect_reads_finished_experiments_and_skips_the_rest():
     assert [r.experiment for r in collect(shown, select="-b$")] == ["exp-b"]
 
 
-def test_a_missing_param_names_the_experiment_and_the_key():
+def test_a_missing_param_names_the_experiment_and_the_key(caplog):
     broken = state(1.0, 32, 0.5)
     del broken["params"]["params.yaml"]["data"]["model"]["resolution"]
     with pytest.raises(CompareError, match="exp-x: params.yaml has no 'model.resolution'"):
         results_of("exp-x", broken)
+    # among other experiments (an old commit under -A), it is skipped with that warning
+    shown = [
+        {"rev": "abc", "name": "old", "data": broken},
+        {"rev": "def", "data": state(1, 32, 0.5)},
+    ]
+    assert [r.experiment for r in collect(shown)] == ["def"]
+    assert "skipping old: params.yaml has no 'model.resolution'" in caplog.text
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -181,14 +181,19 @@ def results_of(name: str, state: dict) -> list[Result]:
 def collect(shown: list[dict], select: str | None = None) -> list[Result]:
     """One result per (net, schedule, alpha, side) from `dvc exp show --json` output.
 
-    `select` is a regex on the experiment's name. Where two experiments hold the same point
+    `select` is a regex on the experiment's name. Experiments whose params lack a key this
+    needs are skipped with a warning. Where two experiments hold the same point
     (the workspace after `dvc exp apply`, a rerun), the first is kept and the other logged.
     """
     kept: dict[tuple, Result] = {}
     for name, state in experiment_states(shown):
         if select and not re.search(select, name):
             continue
-        results = results_of(name, state)
+        try:
+            results = results_of(name, state)
+        except CompareError as exc:  # e.g. a commit from before a param existed (-A)
+            log.warning("skipping %s", exc)
+            continue
         if not results:
             log.info("skipping %s: no evaluated runs", name)
         for result in results:

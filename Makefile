@@ -33,3 +33,14 @@ clean-venv:
 
 bench: $(VENV)/.installed  ## training-step throughput per net, backend, batch and precision
 	$(BIN)/python -m dogbreeds.bench --out bench
+
+# MobileNet's width x resolution grid (README "Width and resolution multipliers"): `make grid`
+# queues one DVC experiment per (alpha, side), `dvc queue start -j 1` runs them, `make compare`
+# draws accuracy against MACs and params. Pass more options in GRID_ARGS / COMPARE_ARGS, e.g.
+# make grid GRID_ARGS="--resolutions 64 56 48 40 -S train.seed=1".
+.PHONY: grid compare
+grid: $(VENV)/.installed  ## queue the alpha x resolution grid as DVC experiments
+	PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH=src $(BIN)/python -m dogbreeds.grid $(GRID_ARGS)
+
+compare: $(VENV)/.installed  ## accuracy vs MACs / params of the experiments: figures and table
+	PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH=src $(BIN)/python -m dogbreeds.compare $(COMPARE_ARGS)

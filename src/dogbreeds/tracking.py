@@ -9,10 +9,12 @@ copy that DVC deletes afterwards.
 This is the module that logs to MLflow; the rest of the package talks to a `Run`. (`pyfunc` and
 `registry` import mlflow too: the model that MLflow serves, and the model registry.)
 
-What a user sees in the MLflow UI is set here as well: the experiment is tagged as model
-training (`mlflow.experimentKind`), else MLflow 3 opens it on an empty GenAI overview; every run
-names its Source (the DVC stage and git commit) and its Dataset (the prepared tensors, named by
-their DVC hash), which the runs table otherwise shows as "-".
+What a user sees in the MLflow UI is set here as well: every run names its Source (the DVC stage
+and git commit) and its Dataset (the prepared tensors, named by their DVC hash), which the runs
+table otherwise shows as "-"; the experiment is tagged as model training
+(`mlflow.experimentKind`). MLflow 3.17's UI still opens an experiment on its GenAI overview for a
+new browser (its "GenAI | Model training" switch decides, not the tag), so the links we log and
+publish (`ui_url`) ask for the model-training pages.
 """
 
 from __future__ import annotations
@@ -180,11 +182,22 @@ class Run:
         self.client.set_terminated(self.run_id, status=status)
 
 
+def ui_url(server: str, experiment_id: str) -> str:
+    """The experiment's runs page in the MLflow UI of `server` (http://host:port).
+
+    MLflow 3.17 opens an experiment on its GenAI pages unless the browser's "GenAI | Model
+    training" switch says otherwise (the experiment-kind tag does not), so the link says so.
+    """
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 def start_run(run_name: str, tags: Mapping[str, str], root: Path | None = None) -> Run:
     """A new run named `run_name` in the study's experiment."""
     client, experiment_id = open_experiment(root)
     run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
     log.info("MLflow run %s (%s) in %s", run_name, run.info.run_id, redact(client.tracking_uri))
+    if client.tracking_uri.startswith(("http://", "https://")):
+        log.info("MLflow UI: %s", ui_url(client.tracking_uri, experiment_id))
     return Run(client, run.info.run_id)
 
 

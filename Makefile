@@ -26,7 +26,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check src stages tests && $(BIN)/ruff format --check src stages tests
 
 summary: $(VENV)/.installed  ## params and MACs of the three nets
-	$(BIN)/python -m dogbreeds.models --width-mult 1.0 --resolution 224
+	$(BIN)/python -m dogbreeds.summary --width-mult 1.0 --resolution 224
 
 clean-venv:
 	rm -rf $(VENV)

@@ -166,3 +166,13 @@ def write_tree(root: Path, files: dict[str, bytes]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     return root
+
+
+def tiny_params(**updates) -> Params:
+    """The project's params at 16px on CPU with one short schedule; dotted keys override."""
+    tree = yaml.safe_load((ROOT / "params.yaml").read_text())
+    tree["model"]["resolution"] = 16
+    tree["model"]["width_mult"] = 0.25
+    tree["train"].update(device="cpu", batch_size=8, amp="off")  # the same on every CPU
+    tree["train"]["schedules"] = {"tiny": {"epochs": [1, 1, 1], "max_lr": [0.01, 0.001, 0.0001]}}
+    return parse_params(set_keys(tree, updates))

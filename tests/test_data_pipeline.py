@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import run, set_params
 
-DATA_STAGES = ["download", "merge", "split", "deform"]
+DATA_STAGES = ["download", "merge", "split", "deform", "preview"]
 
 
 def stages_run(output: str) -> list[str]:
@@ -20,7 +20,7 @@ def stages_run(output: str) -> list[str]:
 
 @pytest.mark.slow
 def test_repro_builds_the_data_then_reruns_only_what_changed(project: Path) -> None:
-    first = run(["dvc", "repro", "deform"], project)
+    first = run(["dvc", "repro", "preview"], project)
     assert stages_run(first.stdout) == DATA_STAGES
 
     test = torch.load(project / "data/prepared/test.pt", weights_only=True)
@@ -30,14 +30,19 @@ def test_repro_builds_the_data_then_reruns_only_what_changed(project: Path) -> N
     assert metrics["rejected"]["total"] == 0
     assert (project / "metrics/deform_preview.png").stat().st_size > 0
 
-    second = run(["dvc", "repro", "deform"], project)
+    second = run(["dvc", "repro", "preview"], project)
     assert stages_run(second.stdout) == []
     assert "didn't change" in second.stdout
     assert "up to date" in run(["dvc", "status", "deform"], project).stdout
 
     set_params(project, **{"split.seed": 1})
-    third = run(["dvc", "repro", "deform"], project)
-    assert stages_run(third.stdout) == ["split", "deform"]
+    third = run(["dvc", "repro", "preview"], project)
+    assert stages_run(third.stdout) == ["split", "deform", "preview"]
+
+    # A change of figure style redraws the preview and reruns nothing else.
+    plots = project / "src/dogbreeds/plots.py"
+    plots.write_text(plots.read_text() + "\n# style\n")
+    assert stages_run(run(["dvc", "repro", "preview"], project).stdout) == ["preview"]
 
 
 @pytest.mark.slow

@@ -68,8 +68,7 @@ def stage(tmp_path: Path) -> Path:
     (tmp_path / "raw/stanford/skipped.csv").write_text("member,reason\n../x,parent_reference\n")
     prepare_data(
         params(), tmp_path / "split.csv", tmp_path / "rejected.csv", tmp_path / "raw",
-        tmp_path / "prepared", tmp_path / "metrics/data.json", tmp_path / "metrics/preview.png",
-        workers=1,
+        tmp_path / "prepared", tmp_path / "metrics/data.json", workers=1,
     )  # fmt: skip
     return tmp_path
 
@@ -107,7 +106,6 @@ def test_metrics_count_splits_breeds_rejects_and_duplicates(stage: Path) -> None
         "near_within_source": 0, "near_across_sources": 1,
     }  # fmt: skip
     assert metrics["download_skipped"] == {"stanford": {"parent_reference": 1}}
-    assert (stage / "metrics/preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_only_val_and_test_are_deformed_and_clean_copies_are_plain_resizes(tmp_path) -> None:
@@ -186,8 +184,7 @@ def test_a_failed_stage_leaves_no_output(tmp_path: Path) -> None:
     with pytest.raises(DeformError, match="gone.png: cannot be read"):
         prepare_data(
             params(), tmp_path / "split.csv", tmp_path / "rejected.csv", tmp_path / "raw",
-            tmp_path / "prepared", tmp_path / "metrics/data.json", tmp_path / "metrics/p.png",
-            workers=1,
+            tmp_path / "prepared", tmp_path / "metrics/data.json", workers=1,
         )  # fmt: skip
     assert not (tmp_path / "prepared").exists() and not (tmp_path / "metrics").exists()
 

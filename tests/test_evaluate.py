@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import tiny_params
+from datagen import tiny_params
 
-from dogbreeds import evaluate, tracking, train
+from dogbreeds import evaluate, tracking
+from dogbreeds.checkpoint import CheckpointError, save_checkpoint
+from dogbreeds.fsutil import write_json
 from dogbreeds.models import build_model
+from dogbreeds.prepared import load_split
 
 BIASED_CLASS = 2  # the constant net below always predicts this breed
 
@@ -38,7 +41,7 @@ def constant_net_checkpoint(path: Path, breeds: list[str]) -> torch.Tensor:
         "std": [0.2] * 3,
         "history": [],
     }
-    train.save_checkpoint(path, model, meta)
+    save_checkpoint(path, model, meta)
     return torch.log_softmax(bias, dim=0)
 
 
@@ -49,10 +52,10 @@ def evaluated(prepared, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DVC_ROOT", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    breeds = train.load_split(prepared / "test.pt").breeds
+    breeds = load_split(prepared / "test.pt").breeds
     log_probs = constant_net_checkpoint(tmp_path / "models" / "cnn-tiny.pt", breeds)
     run = tracking.start_run("cnn-tiny", {"arch": "cnn"})
-    train.write_json(tmp_path / "metrics/train/cnn-tiny.json", {"mlflow_run_id": run.run_id})
+    write_json(tmp_path / "metrics/train/cnn-tiny.json", {"mlflow_run_id": run.run_id})
 
     def evaluate_now() -> dict:
         return evaluate.run_evaluation(
@@ -66,7 +69,7 @@ def test_a_known_net_scores_as_expected(evaluated, tmp_path):
     evaluate_now, run, log_probs, breeds = evaluated
     results = evaluate_now()
 
-    labels = train.load_split(tmp_path / "data/prepared/test.pt").labels
+    labels = load_split(tmp_path / "data/prepared/test.pt").labels
     expected_loss = -log_probs[labels].mean().item()
     expected_acc = (labels == BIASED_CLASS).double().mean().item()  # 1 / 7 here
     for prefix in ("test", "clean_test", "val"):
@@ -99,7 +102,7 @@ def test_test_metrics_land_in_the_training_run(evaluated):
 
 def test_a_run_missing_from_the_store_gets_a_new_one(evaluated, tmp_path, caplog):
     evaluate_now, run, _, _ = evaluated
-    train.write_json(tmp_path / "metrics/train/cnn-tiny.json", {"mlflow_run_id": "0" * 32})
+    write_json(tmp_path / "metrics/train/cnn-tiny.json", {"mlflow_run_id": "0" * 32})
     with caplog.at_level(logging.WARNING):
         results = evaluate_now()
 
@@ -121,5 +124,5 @@ def test_confusion_matrix_and_per_class_accuracy():
 
 def test_missing_checkpoint_names_the_file(prepared, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(train.TrainingError, match="models/cnn-tiny.pt: not found"):
+    with pytest.raises(CheckpointError, match="models/cnn-tiny.pt: not found"):
         evaluate.run_evaluation(tiny_params(), "cnn", "tiny", prepared=prepared)

@@ -1,4 +1,4 @@
-"""The three nets against the report's appendix; DeformConv's two backends against each other."""
+"""The three nets against the report's appendix (DeformConv's backends: test_deformconv.py)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from dogbreeds.deformconv import DeformConv, default_backend
 from dogbreeds.models import (
     MODELS,
-    benchmark,
     build_model,
     count_macs,
     count_params,
-    main,
     offset_parameters,
 )
 
@@ -108,99 +104,3 @@ def test_offset_parameters_are_the_offset_convs():
     offsets = offset_parameters(model)
     assert sum(p.numel() for p in offsets) == 5_202 + 10_386 + 20_754
     assert offset_parameters(build_model("cnn")) == []
-
-
-def test_summary_command_prints_a_table(capsys):
-    main(["--width-mult", "0.5", "--resolution", "64"])
-    out = capsys.readouterr().out
-    assert "| cnn (DogBreedClassificationCNN) |" in out
-    assert f"{count_params(build_model('dsc', width_mult=0.5)):,}" in out
-
-
-# ----------------------------------------------------------------------------- DeformConv
-
-
-def random_deformconv(backend: str, cin=3, cout=4, seed=0) -> DeformConv:
-    """A float64 DeformConv with large random offsets, so taps land between pixels and outside."""
-    torch.manual_seed(seed)
-    layer = DeformConv(cin, cout, backend=backend).double()
-    nn.init.normal_(layer.offset.weight, std=1.0)
-    nn.init.normal_(layer.offset.bias, std=2.0)
-    return layer
-
-
-def test_backends_share_one_state_dict():
-    ref, tv = DeformConv(8, 16, backend="reference"), DeformConv(8, 16, backend="torchvision")
-    assert ref.state_dict().keys() == tv.state_dict().keys()
-    tv.load_state_dict(ref.state_dict())
-
-
-def test_backends_agree_forward_and_backward():
-    ref = random_deformconv("reference")
-    tv = random_deformconv("torchvision")
-    tv.load_state_dict(ref.state_dict())
-    torch.manual_seed(1)
-    x_ref = torch.randn(2, 3, 7, 9, dtype=torch.float64, requires_grad=True)
-    x_tv = x_ref.detach().clone().requires_grad_()
-    # Some taps fall outside the image, so zero padding is exercised.
-    offsets = ref.offset(x_ref).detach()
-    assert offsets.abs().max() > 3
-    y_ref, y_tv = ref(x_ref), tv(x_tv)
-    torch.testing.assert_close(y_ref, y_tv, atol=1e-6, rtol=0)
-    grad = torch.randn_like(y_ref)
-    y_ref.backward(grad)
-    y_tv.backward(grad)
-    torch.testing.assert_close(x_ref.grad, x_tv.grad, atol=1e-6, rtol=0)
-    for (name, p_ref), (_, p_tv) in zip(ref.named_parameters(), tv.named_parameters(), strict=True):
-        assert p_ref.grad.abs().max() > 0, name
-        torch.testing.assert_close(p_ref.grad, p_tv.grad, atol=1e-6, rtol=0, msg=name)
-
-
-def test_gradcheck_reference_backend():
-    layer = random_deformconv("reference", cin=2, cout=2)
-    x = torch.randn(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(layer, (x,))
-
-
-@pytest.mark.parametrize("backend", ["reference", "torchvision"])
-def test_untrained_deformconv_is_a_plain_conv(backend):
-    torch.manual_seed(0)
-    layer = DeformConv(3, 5, backend=backend).double()
-    assert layer.offset.weight.abs().sum() == 0 and layer.offset.bias.abs().sum() == 0
-    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
-    expected = F.conv2d(x, layer.conv.weight, layer.conv.bias, padding=1)
-    torch.testing.assert_close(layer(x), expected, atol=1e-10, rtol=0)
-
-
-def test_checkpoint_moves_between_backends():
-    torch.manual_seed(0)
-    ref = build_model("deformable", width_mult=0.25, deform_backend="reference").double()
-    for p in offset_parameters(ref):
-        nn.init.normal_(p, std=0.5)
-    tv = build_model("deformable", width_mult=0.25, deform_backend="torchvision").double()
-    tv.load_state_dict(ref.state_dict())
-    ref.eval(), tv.eval()
-    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
-    torch.testing.assert_close(ref(x), tv(x), atol=1e-8, rtol=0)
-
-
-def test_unknown_backend_is_rejected():
-    with pytest.raises(ValueError, match="Known: auto, reference, torchvision"):
-        DeformConv(3, 3, backend="cuda-fast")
-
-
-def test_auto_backend_picks_reference_on_cpu():
-    assert default_backend("cpu") == "reference"
-    assert default_backend("cuda") == "torchvision"
-
-
-def test_benchmark_times_every_net_and_backend():
-    table = benchmark(resolution=16, batch=2, device="cpu", steps=1)
-    rows = [line for line in table.splitlines()[2:]]
-    assert [row.split("|")[1:3] for row in rows] == [
-        [" cnn ", " - "],
-        [" dsc ", " - "],
-        [" deformable ", " reference "],
-        [" deformable ", " torchvision "],
-    ]
-    assert all(float(row.split("|")[3].replace(",", "")) > 0 for row in rows)

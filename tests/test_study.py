@@ -7,6 +7,7 @@ full `dvc repro` is the expensive part (about a minute on 2 cores).
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 ARCHS = ("cnn", "dsc", "deformable")
 SCHEDULES = ("s20_14_6", "s50_7_3", "s50_14_6")
-DATA_STAGES = {"download", "merge", "split", "deform"}
+DATA_STAGES = {"download", "merge", "split", "deform", "preview"}
 RUN_NAMES = {f"{arch}-{schedule}" for arch in ARCHS for schedule in SCHEDULES}
 # 32-pixel nets are too small to gain from intra-op threads, which only contend on 2 cores.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -34,6 +35,12 @@ def tracked_runs(repo: Path) -> list:
     client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("dogbreeds")
     return client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+def stale_trainings(repo: Path) -> set[str]:
+    """The train stages `dvc status` reports as changed."""
+    status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
+    return {name for name in status if name.startswith("train@")}
 
 
 def commit(repo: Path, message: str) -> None:
@@ -68,6 +75,16 @@ def test_study_reruns_only_what_changed_and_tracks_every_run(project: Path):
     # 2. Nothing changed: nothing runs.
     assert ran(run(["dvc", "repro"], project, env=ONE_THREAD)) == set()
     commit(project, "study")
+
+    # 2b. Edits that cannot change a trained net leave every training up to date, and a
+    # deformable-only knob makes only the deformable trainings stale.
+    for module in ("plots.py", "tracking.py", "progress.py"):
+        path = project / "src" / "dogbreeds" / module
+        path.write_text(path.read_text() + "\n# an edit that changes no number\n")
+    assert not stale_trainings(project)
+    set_params(project, **{"model.deformable.offset_lr_mult": 0.2})
+    assert stale_trainings(project) == {f"train@deformable-{s}" for s in SCHEDULES}
+    run(["git", "checkout", "--", "."], project)
 
     # 3. One schedule's max_lr: its three trainings, their evaluations and the report.
     set_params(project, **{"train.schedules.s50_7_3.max_lr": [0.02, 0.002, 0.0002]})

@@ -12,7 +12,8 @@ from the two, so adding or removing any other image leaves it unchanged.
 
 Outputs: `data/prepared/{train,val,test,val_clean,test_clean}.pt`, each a dict with
 `images` uint8 (N, 3, R, R), `labels` int64 (N,), `ids` (list of N str) and `breeds` (class
-names in label order); `metrics/data.json`; `metrics/deform_preview.png`.
+names in label order; see `dogbreeds.prepared`), and `metrics/data.json`. The preview stage
+draws `metrics/deform_preview.png` from them.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from dogbreeds import DogbreedsError
 from dogbreeds.fsutil import atomic_path
 from dogbreeds.images import UnreadableImage, load_square, parallel_map
 from dogbreeds.params import DeformParams, Params
+from dogbreeds.prepared import Split, save_split
 
 log = logging.getLogger(__name__)
 
@@ -239,44 +241,6 @@ def read_skipped(raw_dir: Path) -> dict[str, Counter]:
     return skipped
 
 
-def preview_indices(table: pd.DataFrame, count: int) -> list[int]:
-    """Up to `count` test images, taking breeds in turn so the grid shows several breeds."""
-    test = table[table["split"] == "test"].reset_index(drop=True)
-    queues = [list(g.sort_values("id").index) for _, g in test.groupby("label")]
-    picked: list[int] = []
-    while len(picked) < count and any(queues):
-        picked += [q.pop(0) for q in queues if q][: count - len(picked)]
-    return picked
-
-
-def save_preview(outputs: dict[str, dict], count: int, path: Path) -> None:
-    """A 2-row grid: the same test images clean (top) and deformed (bottom)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    test, clean = outputs["test"], outputs["test_clean"]
-    frame = pd.DataFrame({"id": test["ids"], "label": test["labels"].numpy(), "split": "test"})
-    picked = preview_indices(frame, count)
-    columns = max(1, len(picked))
-    fig, axes = plt.subplots(2, columns, figsize=(1.8 * columns, 4.0), squeeze=False)
-    for col, i in enumerate(picked):
-        breed = test["breeds"][int(test["labels"][i])]
-        for row, (data, name) in enumerate(((clean, "clean"), (test, "deformed"))):
-            ax = axes[row][col]
-            ax.imshow(data["images"][i].permute(1, 2, 0).numpy())
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(breed.replace("_", " "), fontsize=8)
-            if col == 0:
-                ax.set_ylabel(name)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def prepare_data(
     params: Params,
     split_csv: Path = Path("data/split/split.csv"),
@@ -284,7 +248,6 @@ def prepare_data(
     raw_dir: Path = Path("data/raw"),
     out_dir: Path = Path("data/prepared"),
     metrics_json: Path = Path("metrics/data.json"),
-    preview_png: Path = Path("metrics/deform_preview.png"),
     workers: int | None = None,
 ) -> dict[str, Any]:
     """Run the whole stage; every output appears only if all of them were made."""
@@ -295,13 +258,11 @@ def prepare_data(
     with (
         atomic_path(out_dir) as tmp_dir,
         atomic_path(metrics_json) as tmp_json,
-        atomic_path(preview_png) as tmp_png,
     ):
         tmp_dir.mkdir()
         for name, content in outputs.items():
-            torch.save(content, tmp_dir / f"{name}.pt")
+            save_split(tmp_dir / f"{name}.pt", Split(**content))
         tmp_json.write_text(json.dumps(metrics, indent=2) + "\n")
-        save_preview(outputs, params.deform.preview_images, tmp_png)
     log.info(
         "prepared %s at %d px",
         ", ".join(f"{n}={len(o['ids'])}" for n, o in outputs.items()),

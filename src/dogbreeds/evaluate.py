@@ -15,22 +15,29 @@ from pathlib import Path
 
 import torch
 
-from dogbreeds import tracking
-from dogbreeds.fsutil import atomic_path
-from dogbreeds.params import Params
-from dogbreeds.train import (
+from dogbreeds import DogbreedsError, tracking
+from dogbreeds.checkpoint import load_checkpoint
+from dogbreeds.engine import (
+    AMP_DTYPES,
     Normalize,
-    TrainingError,
-    load_checkpoint,
-    load_split,
+    configure_device,
     predict,
+    prepare_model,
+    resolve_amp,
     resolve_device,
     score,
-    select_run,
-    write_json,
 )
+from dogbreeds.fsutil import atomic_path, write_json
+from dogbreeds.params import Params, select_run
+from dogbreeds.plots import plot_confusion
+from dogbreeds.prepared import load_split
 
 log = logging.getLogger(__name__)
+
+
+class EvaluationError(DogbreedsError):
+    """A split or metrics file does not fit the checkpoint being evaluated."""
+
 
 # Metric name prefix -> prepared split file: what the paper reports first.
 SPLITS = {"test": "test.pt", "clean_test": "test_clean.pt", "val": "val.pt"}
@@ -60,42 +67,23 @@ def confusion_records(
     ]
 
 
-def plot_confusion(confusion: torch.Tensor, breeds: list[str], path: Path, title: str) -> None:
-    """The confusion matrix as a PNG with counts in the cells (`dvc plots show` needs the web)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    counts = confusion.numpy()
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    image = ax.imshow(counts, cmap="Blues")
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    ax.set_xticks(range(len(breeds)), breeds, rotation=45, ha="right")
-    ax.set_yticks(range(len(breeds)), breeds)
-    ax.set(xlabel="predicted", ylabel="actual", title=title)
-    for row in range(len(breeds)):
-        for col in range(len(breeds)):
-            value = counts[row, col]
-            color = "white" if value > counts.max() / 2 else "black"
-            ax.text(col, row, str(value), ha="center", va="center", color=color, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def predict_split(
-    model: torch.nn.Module, path: Path, breeds: list[str], normalize: Normalize, batch_size: int
+    model: torch.nn.Module,
+    path: Path,
+    breeds: list[str],
+    normalize: Normalize,
+    batch_size: int,
+    amp: str = "off",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities and labels of one prepared split, checked against the net's breeds."""
     split = load_split(path)
     if split.breeds != breeds:
-        raise TrainingError(
+        raise EvaluationError(
             f"{path}: breeds {split.breeds} differ from the checkpoint's {breeds}: "
             "rerun the pipeline (dvc repro)"
         )
     device = normalize.mean.device
-    log_probs = predict(model, split.images.to(device), normalize, batch_size)
+    log_probs = predict(model, split.images.to(device), normalize, batch_size, AMP_DTYPES[amp])
     return log_probs, split.labels.to(device)
 
 
@@ -104,7 +92,7 @@ def trained_run_id(train_metrics: Path) -> str:
     try:
         return json.loads(train_metrics.read_text())["mlflow_run_id"]
     except (OSError, ValueError, KeyError):
-        raise TrainingError(
+        raise EvaluationError(
             f"{train_metrics}: no 'mlflow_run_id' (run the train stage first)"
         ) from None
 
@@ -125,13 +113,16 @@ def run_evaluation(
     select_run(params, arch, schedule_name)
     run_name = f"{arch}-{schedule_name}"
     device = resolve_device(params.train.device)
+    configure_device(device)
+    amp = resolve_amp(params.train.amp, device, arch)  # the precision training used here
     model, meta = load_checkpoint(models_dir / f"{run_name}.pt", device)
+    model = prepare_model(model, device)
     normalize = Normalize(meta["mean"], meta["std"], device)
     breeds = meta["breeds"]
 
     outputs = {
         prefix: predict_split(
-            model, prepared / filename, breeds, normalize, params.train.batch_size
+            model, prepared / filename, breeds, normalize, params.train.batch_size, amp
         )
         for prefix, filename in SPLITS.items()
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -29,3 +30,9 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def write_json(path: str | Path, data) -> None:
+    """Atomically write `data` as indented JSON (DVC's metrics files)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")

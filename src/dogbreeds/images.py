@@ -10,15 +10,16 @@ such per-image work over all cores.
 from __future__ import annotations
 
 import io
-import multiprocessing
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
+from tqdm.contrib.concurrent import process_map
 
 from dogbreeds import DogbreedsError
 
@@ -87,6 +88,17 @@ def load_square(path: str | Path, side: int) -> Image.Image:
     return image.resize((side, side), Image.Resampling.BICUBIC)
 
 
+_initialized: set[int] = set()  # ids of the initializers already run in this process
+
+
+def _call_initialized(func: Callable[[T], R], initializer: Callable[[], None] | None, item: T) -> R:
+    """Run `initializer` once per worker process, then `func(item)`."""
+    if initializer is not None and id(initializer) not in _initialized:
+        initializer()
+        _initialized.add(id(initializer))
+    return func(item)
+
+
 def parallel_map(
     func: Callable[[T], R],
     items: Sequence[T],
@@ -96,21 +108,14 @@ def parallel_map(
 ) -> list[R]:
     """`[func(item) for item in items]` across all cores, in order, with a progress bar.
 
-    Decoding is CPU-bound, so a process pool scales with the cores. With one worker (or one
-    item) it runs in this process, which keeps small jobs and tests free of start-up cost;
-    `initializer` runs in each pool worker only (e.g. to keep torch to one thread there).
+    Decoding is CPU-bound, so a process pool (tqdm's `process_map`) scales with the cores.
+    With one worker (or one item) it runs in this process, which keeps small jobs and tests
+    free of start-up cost; `initializer` runs once in each pool worker only (e.g. to keep
+    torch to one thread there).
     """
     workers = max(1, min(workers or os.cpu_count() or 1, len(items)))
-    results: list[R] = []
-    with tqdm(total=len(items), desc=desc, unit="img") as bar:
-        if workers == 1:
-            for item in items:
-                results.append(func(item))
-                bar.update()
-            return results
-        chunksize = max(1, min(16, len(items) // (workers * 8)))
-        with multiprocessing.Pool(workers, initializer) as pool:
-            for result in pool.imap(func, items, chunksize):
-                results.append(result)
-                bar.update()
-    return results
+    if workers == 1:
+        return [func(item) for item in tqdm(items, desc=desc, unit="img")]
+    chunksize = max(1, min(16, len(items) // (workers * 8)))
+    work = partial(_call_initialized, func, initializer)
+    return process_map(work, items, max_workers=workers, chunksize=chunksize, desc=desc, unit="img")

@@ -11,12 +11,12 @@ They differ only in what the layers are:
 
 At width_mult = 1 the parameter counts are the appendix's 585,383 / 74,663 / 621,725, and the
 module tree reproduces its layer-by-layer summary (tests/test_models.py checks both).
-Read top-down: the layer blocks first, the nets, then the factory and the summary command.
+Read top-down: the layer blocks first, the nets, then the factory and size helpers.
+`python -m dogbreeds.summary` prints params and MACs.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 
 import torch
@@ -200,69 +200,3 @@ def net_size(name: str, width_mult: float, resolution: int) -> tuple[int, int]:
     """(trainable params, MACs of one forward pass) of a net at the given alpha and side."""
     model = build_model(name, width_mult=width_mult, deform_backend="reference")
     return count_params(model), count_macs(model, resolution)
-
-
-def summary_table(width_mult: float, resolution: int) -> str:
-    """A Markdown table of every net's params and MACs at the given alpha and side."""
-    lines = [
-        f"| net | params | MACs (alpha={width_mult:g}, {resolution}x{resolution}) |",
-        "|---|---:|---:|",
-    ]
-    for name, net in MODELS.items():
-        params, macs = net_size(name, width_mult, resolution)
-        lines.append(f"| {name} ({net.__name__}) | {params:,} | {macs / 1e6:,.1f} M |")
-    return "\n".join(lines)
-
-
-def benchmark(resolution: int, batch: int, device: str, steps: int = 5) -> str:
-    """Forward+backward images per second of every net (and DeformConv backend) on `device`.
-
-    How the `auto` DeformConv backend was chosen; rerun it on new hardware to check.
-    """
-    import time
-
-    lines = [
-        f"| net | backend | img/s ({device}, {resolution}x{resolution}, batch {batch}) |",
-        "|---|---|---:|",
-    ]
-    x = torch.randn(batch, 3, resolution, resolution, device=device)
-    for name in MODELS:
-        for backend in ("reference", "torchvision") if name == "deformable" else ("-",):
-            model = build_model(name, deform_backend=backend if backend != "-" else "auto")
-            model.to(device)
-            for _ in range(2):  # warm-up: allocator, cuDNN autotuning
-                model(x).sum().backward()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            for _ in range(steps):
-                model(x).sum().backward()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            rate = steps * batch / (time.perf_counter() - start)
-            lines.append(f"| {name} | {backend} | {rate:,.1f} |")
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m dogbreeds.models", description="Params and MACs of the three nets."
-    )
-    parser.add_argument("--width-mult", type=float, default=1.0, help="MobileNet's alpha")
-    parser.add_argument("--resolution", type=int, default=224, help="input side, 224 * rho")
-    parser.add_argument(
-        "--benchmark", action="store_true", help="also time forward+backward img/s per net"
-    )
-    parser.add_argument("--batch", type=int, default=32, help="batch size for --benchmark")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
-    if args.width_mult <= 0 or args.resolution < 1:
-        parser.error("--width-mult must be > 0 and --resolution >= 1")
-    print(summary_table(args.width_mult, args.resolution))
-    if args.benchmark:
-        print()
-        print(benchmark(args.resolution, args.batch, args.device))
-
-
-if __name__ == "__main__":
-    main()

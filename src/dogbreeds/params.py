@@ -6,19 +6,20 @@ before the first byte of output is written, with the offending key named.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 from dogbreeds import DogbreedsError
 
 ARCHS = ("cnn", "dsc", "deformable")
 SOURCES = ("stanford", "dbi", "synthetic")
-DEFORM_BACKENDS = ("auto", "reference", "torchvision")
+DEFORM_BACKENDS = ("auto", "reference", "gather", "torchvision")  # deformconv.BACKENDS
 DEVICES = ("auto", "cpu", "cuda")
+AMPS = ("auto", "off", "bf16", "fp16")
 
 
 class ParamsError(DogbreedsError):
@@ -70,11 +71,19 @@ class DeformParams:
 
 
 @dataclass(frozen=True)
+class DeformableParams:
+    """Knobs of the deformable net only (params model.deformable): only its train stages
+    depend on them, so changing one never retrains the cnn or dsc nets."""
+
+    backend: str  # DeformConv implementation; all give the same numbers to float tolerance
+    offset_lr_mult: float  # offset convs train at this fraction of the lr
+
+
+@dataclass(frozen=True)
 class ModelParams:
     width_mult: float
     resolution: int
-    deform_backend: str
-    offset_lr_mult: float
+    deformable: DeformableParams
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,7 @@ class TrainParams:
     grad_clip: float
     seed: int
     device: str
+    amp: str  # auto | off | bf16 | fp16 (see engine.resolve_amp)
     augment: AugmentParams
 
 
@@ -152,6 +162,14 @@ def _num(
     if hi is not None and value > hi:
         raise ParamsError(f"params: '{key}' must be <= {hi}, got {value!r}")
     return kind(value)
+
+
+def _bool(tree: dict, key: str) -> bool:
+    """A YAML boolean; the string "false" is refused rather than read as true."""
+    value = _get(tree, key)
+    if not isinstance(value, bool):
+        raise ParamsError(f"params: '{key}' must be true or false, got {value!r}")
+    return value
 
 
 def _choice(tree: dict, key: str, valid: tuple[str, ...]) -> str:
@@ -246,8 +264,10 @@ def parse_params(tree: dict) -> Params:
     model = ModelParams(
         width_mult=_num(tree, "model.width_mult", float, 0, lo_open=True),
         resolution=_num(tree, "model.resolution", int, 16),
-        deform_backend=_choice(tree, "model.deform_backend", DEFORM_BACKENDS),
-        offset_lr_mult=_num(tree, "model.offset_lr_mult", float, 0),
+        deformable=DeformableParams(
+            backend=_choice(tree, "model.deformable.backend", DEFORM_BACKENDS),
+            offset_lr_mult=_num(tree, "model.deformable.offset_lr_mult", float, 0),
+        ),
     )
     schedules = _get(tree, "train.schedules")
     if not isinstance(schedules, dict) or not schedules:
@@ -265,34 +285,50 @@ def parse_params(tree: dict) -> Params:
         grad_clip=_num(tree, "train.grad_clip", float, 0, lo_open=True),
         seed=_num(tree, "train.seed", int),
         device=_choice(tree, "train.device", DEVICES),
+        amp=_choice(tree, "train.amp", AMPS),
         augment=AugmentParams(
-            hflip=bool(_get(tree, "train.augment.hflip")),
+            hflip=_bool(tree, "train.augment.hflip"),
             crop_scale=_num(tree, "train.augment.crop_scale", float, 0, 1, lo_open=True),
         ),
     )
     return Params(data=data, merge=merge, split=split, deform=deform, model=model, train=train)
 
 
-class _Yaml12Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, but `5e-05` is a float as in YAML 1.2 (and in DVC, which writes
-    such values for `dvc exp run -S key=0.00005`); PyYAML alone would read it as a string."""
+class RunSelectionError(ParamsError):
+    """--arch or --schedule names a run that params.yaml does not list."""
 
 
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+def select_run(params: Params, arch: str, schedule: str) -> Schedule:
+    """The schedule to run, after checking that arch and schedule are listed in params."""
+    if arch not in params.train.archs:
+        raise RunSelectionError(
+            f"unknown --arch {arch!r}; params 'train.archs': {', '.join(params.train.archs)}"
+        )
+    if schedule not in params.train.schedules:
+        known = ", ".join(params.train.schedules)
+        raise RunSelectionError(
+            f"unknown --schedule {schedule!r}; params 'train.schedules': {known}"
+        )
+    return params.train.schedules[schedule]
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file as YAML 1.2, as DVC does: `5e-05` is a float, `no` is a string.
+
+    DVC writes such floats for `dvc exp run -S key=0.00005`; a YAML 1.1 reader (PyYAML) would
+    read them as strings. ruamel.yaml is DVC's own YAML library (pure-Python mode is 1.2).
+    """
+    return YAML(typ="safe", pure=True).load(path.read_text())
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml; errors name the file and the key."""
     path = Path(path)
     try:
-        tree = yaml.load(path.read_text(), Loader=_Yaml12Loader)
+        tree = read_yaml(path)
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found") from None
-    except yaml.YAMLError as exc:
+    except YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML ({exc})") from None
     try:
         return parse_params(tree)

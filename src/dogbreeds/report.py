@@ -15,9 +15,10 @@ from pathlib import Path
 
 from dogbreeds import DogbreedsError
 from dogbreeds.fsutil import atomic_path
+from dogbreeds.history import EpochRecord, read_history
 from dogbreeds.models import MODELS, net_size
 from dogbreeds.params import Params, Schedule
-from dogbreeds.train import EpochRecord, plot_accuracy, read_history
+from dogbreeds.plots import plot_accuracy
 
 # ----------------------------------------------------------------------------- the paper's data
 
@@ -245,7 +246,8 @@ def render_report(params: Params, runs: list[RunResult]) -> str:
         "",
         "## Notes",
         "",
-        f"- `model.offset_lr_mult` = {model.offset_lr_mult:g}: the DeformConv offset convs "
+        f"- `model.deformable.offset_lr_mult` = {model.deformable.offset_lr_mult:g}: the "
+        "DeformConv offset convs "
         "train at this fraction of the learning rate. The paper does not state this setting.",
         "- Schedules that are not one of the paper's (other epochs or max_lr) show our numbers "
         "only.",

@@ -37,7 +37,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import mlflow  # noqa: E402
 import yaml  # noqa: E402
 from filelock import FileLock  # noqa: E402
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param  # noqa: E402
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
 for _noisy in ("mlflow", "alembic"):
@@ -46,10 +46,9 @@ for _noisy in ("mlflow", "alembic"):
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "dogbreeds"
-# MLflow 3's UI opens an experiment on its GenAI overview unless this tag says model training.
+# The experiment's kind: model training (MLflow 3.17's UI still opens on GenAI; see ui_url).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 MODEL_NAME = "model"  # the logged model's name inside each run: runs:/<run_id>/model
-BATCH = 100  # MLflow accepts at most 100 params per log_batch call
 
 
 def store_root(cwd: Path | None = None) -> Path:
@@ -166,14 +165,17 @@ class Run:
         self.run_id = run_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
+        # MlflowClient.log_batch splits params into MLflow's 100-per-request limit itself.
         items = [Param(key, value) for key, value in flatten(params).items()]
-        for start in range(0, len(items), BATCH):
-            self.client.log_batch(self.run_id, params=items[start : start + BATCH])
+        self.client.log_batch(self.run_id, params=items)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
         batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_artifact(self, path: Path) -> None:
         self.client.log_artifact(self.run_id, str(path))

@@ -1,0 +1,141 @@
+"""DeformConv's backends against each other, against a plain conv, and under mixed precision."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from dogbreeds.deformconv import BACKENDS, DeformConv, GatherDeformConv, default_backend
+from dogbreeds.models import build_model, offset_parameters
+
+CONCRETE = [b for b in BACKENDS if b != "auto"]  # reference, gather, torchvision
+FAST = [b for b in CONCRETE if b != "reference"]
+
+
+def random_deformconv(backend: str, cin=3, cout=4, seed=0) -> DeformConv:
+    """A float64 DeformConv with large random offsets, so taps land between pixels and outside."""
+    torch.manual_seed(seed)
+    layer = DeformConv(cin, cout, backend=backend).double()
+    nn.init.normal_(layer.offset.weight, std=1.0)
+    nn.init.normal_(layer.offset.bias, std=2.0)
+    return layer
+
+
+def test_backends_share_one_state_dict():
+    layers = [DeformConv(8, 16, backend=b) for b in CONCRETE]
+    for layer in layers[1:]:
+        assert layer.state_dict().keys() == layers[0].state_dict().keys()
+        layer.load_state_dict(layers[0].state_dict())
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_backends_agree_forward_and_backward(backend):
+    ref = random_deformconv("reference")
+    other = random_deformconv(backend, seed=1)
+    other.load_state_dict(ref.state_dict())
+    torch.manual_seed(1)
+    x_ref = torch.randn(2, 3, 7, 9, dtype=torch.float64, requires_grad=True)
+    x_other = x_ref.detach().clone().requires_grad_()
+    # Some taps fall outside the image, so zero padding is exercised.
+    offsets = ref.offset(x_ref).detach()
+    assert offsets.abs().max() > 3
+    y_ref, y_other = ref(x_ref), other(x_other)
+    torch.testing.assert_close(y_ref, y_other, atol=1e-6, rtol=0)
+    grad = torch.randn(y_ref.shape, dtype=torch.float64)  # not randn_like: layouts may differ
+    y_ref.backward(grad)
+    y_other.backward(grad)
+    torch.testing.assert_close(x_ref.grad, x_other.grad, atol=1e-6, rtol=0)
+    pairs = zip(ref.named_parameters(), other.named_parameters(), strict=True)
+    for (name, p_ref), (_, p_other) in pairs:
+        assert p_ref.grad.abs().max() > 0, name
+        torch.testing.assert_close(p_ref.grad, p_other.grad, atol=1e-6, rtol=0, msg=name)
+
+
+def test_gradcheck_reference_backend():
+    layer = random_deformconv("reference", cin=2, cout=2)
+    x = torch.randn(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layer, (x,))
+
+
+def test_gradcheck_gather_function():
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    offset = (2 * torch.randn(1, 18, 4, 5, dtype=torch.float64)).requires_grad_()
+    weight = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+
+    def gather(*args):
+        return GatherDeformConv.apply(*args, 3, torch.float64)
+
+    assert torch.autograd.gradcheck(gather, (x, offset, weight, bias))
+
+
+@pytest.mark.parametrize("backend", CONCRETE)
+def test_untrained_deformconv_is_a_plain_conv(backend):
+    torch.manual_seed(0)
+    layer = DeformConv(3, 5, backend=backend).double()
+    assert layer.offset.weight.abs().sum() == 0 and layer.offset.bias.abs().sum() == 0
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    expected = F.conv2d(x, layer.conv.weight, layer.conv.bias, padding=1)
+    torch.testing.assert_close(layer(x), expected, atol=1e-10, rtol=0)
+
+
+def shifted_ramp_error(backend: str, dtype: torch.dtype, side: int = 112) -> float:
+    """Max error of a DeformConv that shifts every tap by +0.25 px down, over a sine ramp.
+
+    The ramp varies along rows (period 16 px), the conv keeps only its centre tap, so the
+    output should be the ramp at row + 0.25; bilinear interpolation itself is off by < 0.015
+    and rounding the input to half precision by < 0.004.
+    In bf16 a row position like 100.25 does not exist (rows 64-127 sit on a 0.5 px grid), so
+    positions built in the input's dtype lose the shift.
+    """
+    layer = DeformConv(1, 1, backend=backend)
+    with torch.no_grad():
+        layer.offset.bias[0::2] = 0.25  # dy of every tap
+        layer.conv.weight.zero_()
+        layer.conv.weight[0, 0, 1, 1] = 1.0
+        layer.conv.bias.zero_()
+    rows = torch.arange(side, dtype=torch.float32).view(side, 1).expand(side, side)
+    # In a net under autocast the layer before hands over a half-precision map.
+    x = torch.sin(2 * math.pi * rows / 16).view(1, 1, side, side).to(dtype)
+    expected = torch.sin(2 * math.pi * (rows + 0.25) / 16)
+    with torch.autocast("cpu", dtype=dtype):
+        y = layer(x)
+    return (y[0, 0].float() - expected)[: side - 1].abs().max().item()  # last row reads padding
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("backend", CONCRETE)
+def test_subpixel_offsets_survive_cpu_autocast(backend, dtype):
+    assert shifted_ramp_error(backend, dtype) < 0.02  # float32 positions: 0.015
+
+
+def test_checkpoint_moves_between_backends():
+    torch.manual_seed(0)
+    nets = {b: build_model("deformable", width_mult=0.25, deform_backend=b) for b in CONCRETE}
+    source = nets["reference"].double()
+    for p in offset_parameters(source):
+        nn.init.normal_(p, std=0.5)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    source.eval()
+    expected = source(x)
+    for backend in FAST:
+        net = nets[backend].double()
+        net.load_state_dict(source.state_dict())
+        net.eval()
+        torch.testing.assert_close(net(x), expected, atol=1e-8, rtol=0, msg=backend)
+
+
+def test_unknown_backend_is_rejected():
+    with pytest.raises(ValueError, match="Known: auto, reference, gather, torchvision"):
+        DeformConv(3, 3, backend="cuda-fast")
+
+
+def test_auto_backend_follows_the_table():
+    assert default_backend("cpu") == "gather"
+    assert default_backend("cuda") == "gather"
+    assert default_backend("meta") == "reference"

@@ -1,0 +1,306 @@
+"""The training engine: one-cycle stages, clipping, augmentation, batches, the epoch loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from datagen import tiny_params
+from torch import nn
+
+from dogbreeds import engine
+from dogbreeds.models import build_model, offset_parameters
+from dogbreeds.params import AugmentParams, OneCycleParams, Schedule
+from dogbreeds.prepared import Split, load_split
+from dogbreeds.progress import RunProgress
+
+CPU = torch.device("cpu")
+
+
+def load_splits(prepared: Path) -> tuple[Split, Split, engine.Normalize]:
+    train = load_split(prepared / "train.pt")
+    val = load_split(prepared / "val.pt")
+    mean, std = engine.channel_stats(train.images)
+    return train, val, engine.Normalize(mean, std, torch.device("cpu"))
+
+
+# ----------------------------------------------------------------------------- the schedule
+
+
+def test_one_cycle_warms_up_to_max_lr_then_anneals():
+    model = build_model("deformable", width_mult=0.25)
+    optimizer, peaks = engine.make_optimizer(model, 0.01, 1e-4, offset_lr_mult=0.1)
+    shape = OneCycleParams(pct_start=0.3, div_factor=25.0, final_div_factor=1e4)
+    scheduler = engine.one_cycle(optimizer, peaks, epochs=2, steps=10, shape=shape)
+    base, offset = [], []
+    for _ in range(20):
+        base.append(optimizer.param_groups[0]["lr"])
+        offset.append(optimizer.param_groups[1]["lr"])
+        optimizer.step()
+        scheduler.step()
+
+    peak = base.index(max(base))
+    assert peaks == [0.01, pytest.approx(0.001)]
+    assert base[0] == pytest.approx(0.01 / 25)  # starts at max_lr / div_factor
+    assert max(base) == pytest.approx(0.01)
+    assert peak == 6 - 1  # 30% of 20 steps warm up
+    assert all(a < b for a, b in zip(base[:peak], base[1 : peak + 1], strict=True))
+    assert all(a > b for a, b in zip(base[peak:-1], base[peak + 1 :], strict=True))
+    assert base[-1] == pytest.approx(0.01 / 25 / 1e4)  # ends at initial lr / final_div_factor
+    assert offset == pytest.approx([lr * 0.1 for lr in base])  # offsets follow at lr * mult
+
+
+def test_one_cycle_shape_comes_from_params():
+    model = build_model("cnn", width_mult=0.25)
+    optimizer, peaks = engine.make_optimizer(model, 0.01, 1e-4, offset_lr_mult=0.1)
+    shape = OneCycleParams(pct_start=0.5, div_factor=10.0, final_div_factor=100.0)
+    scheduler = engine.one_cycle(optimizer, peaks, epochs=2, steps=10, shape=shape)
+    lrs = []
+    for _ in range(20):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.001)  # max_lr / 10
+    assert lrs.index(max(lrs)) == 10 - 1  # half of 20 steps warm up
+    assert lrs[-1] == pytest.approx(0.001 / 100)
+
+
+def test_offset_convs_get_their_own_group_and_the_rest_one():
+    model = build_model("deformable", width_mult=0.25)
+    optimizer, _ = engine.make_optimizer(model, 0.01, 1e-4, offset_lr_mult=0.1)
+    base, offsets = (group["params"] for group in optimizer.param_groups)
+    assert {id(p) for p in offsets} == {id(p) for p in offset_parameters(model)}
+    assert len(base) + len(offsets) == len(list(model.parameters()))
+    plain, _ = engine.make_optimizer(build_model("cnn"), 0.01, 1e-4, offset_lr_mult=0.1)
+    assert len(plain.param_groups) == 1
+
+
+def test_each_stage_is_one_cycle_at_its_max_lr(prepared):
+    train, val, normalize = load_splits(prepared)
+    params = tiny_params()
+    schedule = Schedule("s", epochs=[2, 1, 1], max_lr=[0.01, 0.001, 0.0001])
+    torch.manual_seed(0)
+    model = build_model("cnn", width_mult=0.25)
+    history = engine.train_model(model, train, val, normalize, schedule, params.train, 0.1)
+
+    assert [r.epoch for r in history] == [1, 2, 3, 4]
+    assert [r.stage for r in history] == [1, 1, 2, 3]
+    # The last step of every stage runs at that stage's max_lr / 25 / 1e4 ...
+    assert [history[i].lr for i in (1, 2, 3)] == pytest.approx(
+        [lr / 25 / 1e4 for lr in schedule.max_lr]
+    )
+    # ... and halfway through the first stage the lr is still well above that.
+    assert history[0].lr > 100 * history[1].lr
+
+
+def test_weights_carry_over_between_stages(prepared, monkeypatch):
+    train, val, normalize = load_splits(prepared)
+    torch.manual_seed(0)
+    model = build_model("cnn", width_mult=0.25)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    after_epoch, at_stage_start = [], []
+
+    make_optimizer = engine.make_optimizer
+
+    def spy(model, *args, **kwargs):
+        at_stage_start.append({k: v.clone() for k, v in model.state_dict().items()})
+        return make_optimizer(model, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "make_optimizer", spy)
+    engine.train_model(
+        model,
+        train,
+        val,
+        normalize,
+        Schedule("s", [1, 1], [0.01, 0.001]),
+        tiny_params().train,
+        offset_lr_mult=0.1,
+        on_epoch=lambda r: after_epoch.append(
+            {k: v.clone() for k, v in model.state_dict().items()}
+        ),
+    )
+
+    assert len(at_stage_start) == 2
+    for key in initial:  # stage 2 starts from where stage 1 ended, not from scratch
+        assert torch.equal(at_stage_start[1][key], after_epoch[0][key])
+    assert not torch.equal(at_stage_start[1]["fc.weight"], initial["fc.weight"])
+
+
+def test_gradients_are_clipped_by_value_before_each_step(prepared, monkeypatch):
+    train, val, normalize = load_splits(prepared)
+    clip = 1e-4  # far below the raw gradients of an untrained net
+    raw, applied = [], []
+    make_optimizer = engine.make_optimizer
+
+    def with_hooks(model, *args, **kwargs):
+        optimizer, peaks = make_optimizer(model, *args, **kwargs)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for p in params:
+            p.register_hook(lambda grad: raw.append(grad.abs().max().item()))
+        optimizer.register_step_pre_hook(
+            lambda *_: applied.append(max(p.grad.abs().max().item() for p in params))
+        )
+        return optimizer, peaks
+
+    monkeypatch.setattr(engine, "make_optimizer", with_hooks)
+    torch.manual_seed(0)
+    model = build_model("cnn", width_mult=0.25)
+    tp = tiny_params(**{"train.grad_clip": clip}).train
+    engine.train_model(model, train, val, normalize, Schedule("s", [1], [0.01]), tp, 0.1)
+
+    assert max(raw) > 10 * clip
+    assert applied and max(applied) == pytest.approx(clip)
+
+
+# ----------------------------------------------------------------------------- data helpers
+
+
+def test_augment_flip_only_mirrors_exactly():
+    x = torch.rand(16, 3, 8, 8)
+    theta = engine.augment_thetas(16, torch.Generator().manual_seed(0), hflip=True, crop_scale=1.0)
+    out = engine.augment(x, theta)
+    flipped = [torch.allclose(o, xi.flip(-1), atol=1e-6) for o, xi in zip(out, x, strict=True)]
+    kept = [torch.allclose(o, xi, atol=1e-6) for o, xi in zip(out, x, strict=True)]
+    assert all(f or k for f, k in zip(flipped, kept, strict=True))
+    assert 0 < sum(flipped) < 16
+
+
+def test_augment_crop_zooms_in_at_a_seeded_position():
+    """On a coordinate ramp (pixel value = its x or y index), a crop of side s at offset t
+    maps output pixel i to input coordinate t + s * i: check both the scale and the position."""
+    side = 32
+    ramp = torch.arange(side, dtype=torch.float32)
+    x = torch.stack([ramp.expand(side, side), ramp[:, None].expand(side, side)])  # (2, H, W)
+    x = x.unsqueeze(0).repeat(64, 1, 1, 1)  # x-ramp, y-ramp channels
+    draw = lambda: engine.augment_thetas(64, torch.Generator().manual_seed(1), False, 0.5)  # noqa: E731
+    a, b = engine.augment(x, draw()), engine.augment(x, draw())
+    assert torch.equal(a, b)  # seeded
+
+    inner = slice(4, side - 4)  # away from the border, where clamping flattens the ramp
+    for out in a:
+        for channel in (0, 1):
+            ramp_out = out[channel].mean(dim=channel)[inner]  # values along that axis
+            steps = ramp_out.diff()
+            scale = steps.mean().item()
+            assert 0.5 - 1e-3 <= scale <= 1 + 1e-3  # zoom in: input side fraction s in [0.5, 1]
+            assert torch.allclose(steps, torch.full_like(steps, scale), atol=1e-3)  # linear
+            # The crop stays inside the image: first and last output pixels map inside it.
+            first = ramp_out[0].item() - 4 * scale
+            last = first + (side - 1) * scale
+            assert first >= -0.5 - 1e-3 and last <= side - 0.5 + 1e-3
+    scales = torch.tensor([o[0].mean(dim=0)[inner].diff().mean().item() for o in a])
+    starts = torch.tensor([o[0].mean(dim=0)[4].item() for o in a])
+    assert scales.std() > 0.05 and starts.std() > 0.5  # both drawn per image, not fixed
+    assert engine.augment_thetas(64, torch.Generator(), hflip=False, crop_scale=1.0) is None
+    assert engine.augment(x, None) is x
+
+
+def test_channel_stats_match_a_float_computation():
+    images = torch.randint(0, 256, (10, 3, 5, 5), dtype=torch.uint8)
+    mean, std = engine.channel_stats(images, chunk=3)
+    x = images.double() / 255
+    assert mean == pytest.approx(x.mean(dim=(0, 2, 3)).tolist())
+    assert std == pytest.approx(x.std(dim=(0, 2, 3), unbiased=False).tolist())
+
+
+@pytest.mark.parametrize(("n", "batch_size", "expected"), [(32, 16, 2), (33, 16, 2), (34, 16, 3)])
+def test_a_single_image_batch_is_dropped(n, batch_size, expected):
+    augment = AugmentParams(hflip=True, crop_scale=0.8)
+    plan = engine.epoch_plan(n, batch_size, torch.Generator().manual_seed(0), augment, CPU)
+    assert len(plan) == expected == engine.steps_per_epoch(n, batch_size)
+    assert min(len(b.index) for b in plan) > 1
+    assert all(b.theta.shape == (len(b.index), 2, 3) for b in plan)
+
+
+def test_an_epoch_plan_is_drawn_once_from_the_cpu_generator():
+    """Permutation first, then every image's augmentation: the same stream on every device."""
+    augment = AugmentParams(hflip=True, crop_scale=0.8)
+    plan = engine.epoch_plan(10, 4, torch.Generator().manual_seed(3), augment, CPU)
+    generator = torch.Generator().manual_seed(3)
+    order = torch.randperm(10, generator=generator)
+    theta = engine.augment_thetas(10, generator, True, 0.8)
+    assert torch.equal(torch.cat([b.index for b in plan]), order)
+    assert torch.equal(torch.cat([b.theta for b in plan]), theta)
+
+
+def test_train_epoch_weights_loss_and_accuracy_by_images_not_batches():
+    """10 images in batches of 4, 4, 2: the epoch's loss and accuracy are per-image means.
+
+    A net without BatchNorm and a zero lr keep every image's loss independent of its batch, so
+    the expected numbers are one forward pass over all images.
+    """
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    train = Split(images, labels, [str(i) for i in range(10)], ["a", "b", "c"])
+    normalize = engine.Normalize([0.5] * 3, [0.25] * 3, torch.device("cpu"))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3), nn.LogSoftmax(dim=1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    tp = tiny_params(
+        **{"train.batch_size": 4, "train.augment.hflip": False, "train.augment.crop_scale": 1.0}
+    ).train
+    progress = RunProgress("t", 3, "cpu")
+    loss, acc, _ = engine.train_epoch(
+        model, train, normalize, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False),
+        tp, torch.Generator().manual_seed(0), progress,
+    )  # fmt: skip
+    progress.close()
+
+    with torch.no_grad():
+        log_probs = model(normalize(engine.to_unit(images)))
+    assert loss == pytest.approx(F.nll_loss(log_probs, labels).item(), rel=1e-6)
+    assert acc == pytest.approx((log_probs.argmax(1) == labels).double().mean().item())
+
+
+def test_predict_scores_in_eval_mode():
+    """BatchNorm must use its running statistics: predicting a batch equals predicting each
+    image alone in eval mode, whatever mode the net was in, and the statistics stay put."""
+    torch.manual_seed(0)
+    model = build_model("cnn", width_mult=0.25)
+    with torch.no_grad():  # running stats unlike any batch's, so train mode would differ
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    normalize = engine.Normalize([0.5] * 3, [0.25] * 3, torch.device("cpu"))
+
+    batched = engine.predict(model, images, normalize, batch_size=6)
+    model.eval()
+    with torch.no_grad():
+        alone = torch.cat([model(normalize(engine.to_unit(images[i : i + 1]))) for i in range(6)])
+    assert torch.allclose(batched, alone, atol=1e-5)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("arch", ["cnn", "dsc", "deformable"])
+def test_one_epoch_per_net_at_32px_under_cpu_bf16_autocast(arch):
+    """Every net trains and scores under CPU autocast (the DeformConv positions stay float32)."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(24) % 7
+    split = Split(images, labels, [str(i) for i in range(24)], [f"b{i}" for i in range(7)])
+    normalize = engine.Normalize([0.5] * 3, [0.25] * 3, CPU)
+    torch.manual_seed(0)
+    model = engine.prepare_model(build_model(arch, width_mult=0.25), CPU)
+    history = engine.train_model(
+        model, split, split, normalize, Schedule("s", [1], [0.01]), tiny_params().train, 0.1,
+        dtype=torch.bfloat16,
+    )  # fmt: skip
+    assert len(history) == 1
+    assert torch.isfinite(torch.tensor([history[0].train_loss, history[0].val_loss])).all()
+    log_probs = engine.predict(model, images, normalize, 8, torch.bfloat16)
+    assert log_probs.dtype == torch.float32 and log_probs.shape == (24, 7)
+
+
+def test_auto_precision_is_float32_without_native_bf16(monkeypatch):
+    monkeypatch.setattr(engine, "native_cpu_bf16", lambda: False)
+    assert engine.resolve_amp("auto", CPU, "cnn") == "off"
+    monkeypatch.setattr(engine, "native_cpu_bf16", lambda: True)
+    assert engine.resolve_amp("auto", CPU, "cnn") == engine.CPU_AUTO_AMP["cnn"]
+    assert engine.resolve_amp("off", CPU, "cnn") == "off"

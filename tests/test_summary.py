@@ -1,0 +1,13 @@
+"""`python -m dogbreeds.summary`: the params/MACs table."""
+
+from __future__ import annotations
+
+from dogbreeds.models import build_model, count_params
+from dogbreeds.summary import main
+
+
+def test_summary_command_prints_a_table(capsys):
+    main(["--width-mult", "0.5", "--resolution", "64"])
+    out = capsys.readouterr().out
+    assert "| cnn (DogBreedClassificationCNN) |" in out
+    assert f"{count_params(build_model('dsc', width_mult=0.5)):,}" in out

@@ -44,3 +44,23 @@ grid: $(VENV)/.installed  ## queue the alpha x resolution grid as DVC experiment
 
 compare: $(VENV)/.installed  ## accuracy vs MACs / params of the experiments: figures and table
 	PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH=src $(BIN)/python -m dogbreeds.compare $(COMPARE_ARGS)
+
+# ----------------------------------------------------------------------------- a team
+# README "From one laptop to a team": PostgreSQL + an MLflow tracking server on 127.0.0.1.
+# PGPASSWORD (the database role mlflow's password) comes from your environment, never a URI.
+PGDATA ?= $(CURDIR)/.pgdata
+PGPORT ?= 5432
+MLFLOW_PORT ?= 5000
+MLFLOW_ARTIFACTS ?= $(CURDIR)/mlflow-server-artifacts
+
+.PHONY: postgres postgres-stop mlflow-server
+
+postgres:  ## a local PostgreSQL cluster in .pgdata with role and database mlflow
+	PGDATA="$(PGDATA)" PGPORT=$(PGPORT) scripts/postgres.sh start
+
+postgres-stop:
+	PGDATA="$(PGDATA)" scripts/postgres.sh stop
+
+mlflow-server: $(VENV)/.installed  ## MLflow server on PostgreSQL, artifacts proxied, on 127.0.0.1
+	PATH="$(CURDIR)/$(BIN):$$PATH" PGPORT=$(PGPORT) MLFLOW_PORT=$(MLFLOW_PORT) \
+	MLFLOW_ARTIFACTS="$(MLFLOW_ARTIFACTS)" scripts/mlflow-server.sh

@@ -27,9 +27,9 @@ def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None):
         "GIT_AUTHOR_EMAIL": "t@t",
         "GIT_COMMITTER_NAME": "t",
         "GIT_COMMITTER_EMAIL": "t@t",
-        **(env or {}),
     }
-    full_env.pop("MLFLOW_TRACKING_URI", None)
+    full_env.pop("MLFLOW_TRACKING_URI", None)  # the caller's own store, never a test's
+    full_env.update(env or {})  # ... unless the test names one
     proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True)
     if check and proc.returncode != 0:
         what = " ".join(cmd)
@@ -47,7 +47,11 @@ def set_params(repo: Path, **updates) -> None:
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A copy of the project in a fresh git repo, set to the synthetic source and a tiny config."""
-    repo = tmp_path / "repo"
+    return make_project(tmp_path / "repo")
+
+
+def make_project(repo: Path) -> Path:
+    """The `project` fixture's work, for fixtures of a wider scope than one test."""
     repo.mkdir()
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, repo / name)

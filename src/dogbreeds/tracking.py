@@ -6,14 +6,25 @@ unless `MLFLOW_TRACKING_URI` names another one. The root is `DVC_ROOT` when DVC 
 must land in the main repository's store, with its artifacts in `<root>/mlartifacts`, not in the
 copy that DVC deletes afterwards.
 
-This is the only module that imports mlflow; the rest of the package talks to a `Run`.
+This is the module that logs to MLflow; the rest of the package talks to a `Run`. (`pyfunc` and
+`registry` import mlflow too: the model that MLflow serves, and the model registry.)
+
+What a user sees in the MLflow UI is set here as well: every run names its Source (the DVC stage
+and git commit) and its Dataset (the prepared tensors, named by their DVC hash), which the runs
+table otherwise shows as "-"; the experiment is tagged as model training
+(`mlflow.experimentKind`). MLflow 3.17's UI still opens an experiment on its GenAI overview for a
+new browser (its "GenAI | Model training" switch decides, not the tag), so the links we log and
+publish (`ui_url`) ask for the model-training pages.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -24,8 +35,9 @@ from typing import Any
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow  # noqa: E402
+import yaml  # noqa: E402
 from filelock import FileLock  # noqa: E402
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
 for _noisy in ("mlflow", "alembic"):
@@ -34,6 +46,9 @@ for _noisy in ("mlflow", "alembic"):
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "dogbreeds"
+# The experiment's kind: model training (MLflow 3.17's UI still opens on GenAI; see ui_url).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+MODEL_NAME = "model"  # the logged model's name inside each run: runs:/<run_id>/model
 
 
 def store_root(cwd: Path | None = None) -> Path:
@@ -73,12 +88,30 @@ def open_experiment(root: Path | None = None) -> tuple[mlflow.MlflowClient, str]
             location = (
                 None if "MLFLOW_TRACKING_URI" in os.environ else (root / "mlartifacts").as_uri()
             )
-            experiment_id = client.create_experiment(EXPERIMENT, artifact_location=location)
-            log.info("created MLflow experiment '%s' in %s", EXPERIMENT, uri)
+            experiment_id = client.create_experiment(
+                EXPERIMENT, artifact_location=location, tags=EXPERIMENT_KIND
+            )
+            log.info("created MLflow experiment '%s' in %s", EXPERIMENT, redact(uri))
             return client, experiment_id
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
+        for key, value in EXPERIMENT_KIND.items():  # a store made before the tag existed
+            if experiment.tags.get(key) != value:
+                client.set_experiment_tag(experiment.experiment_id, key, value)
         return client, experiment.experiment_id
+
+
+def redact(uri: str) -> str:
+    """`uri` with any password replaced by ***, for logs: scheme://user:secret@host -> user:***@.
+
+    A team's tracking URI is normally http://host:port (the server alone knows the database
+    password), but a database URI may be given directly; it must never reach a log line.
+    """
+    scheme, sep, rest = uri.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return uri
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
 
 
 def git_commit(cwd: Path | None = None) -> str | None:
@@ -90,9 +123,20 @@ def git_commit(cwd: Path | None = None) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def source_name() -> str:
+    """What made the run, for the UI's Source column: the DVC stage (`train@cnn-s20_14_6`, DVC
+    sets DVC_STAGE for every stage command), else the script that was run."""
+    return os.environ.get("DVC_STAGE") or Path(sys.argv[0]).name or "python"
+
+
 def run_tags(arch: str, schedule: str) -> dict[str, str]:
     """Tags that let the MLflow UI filter and trace a run back to code and DVC experiment."""
-    tags = {"arch": arch, "schedule": schedule}
+    tags = {
+        "arch": arch,
+        "schedule": schedule,
+        "mlflow.source.name": source_name(),
+        "mlflow.source.type": "LOCAL",
+    }
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -140,11 +184,22 @@ class Run:
         self.client.set_terminated(self.run_id, status=status)
 
 
+def ui_url(server: str, experiment_id: str) -> str:
+    """The experiment's runs page in the MLflow UI of `server` (http://host:port).
+
+    MLflow 3.17 opens an experiment on its GenAI pages unless the browser's "GenAI | Model
+    training" switch says otherwise (the experiment-kind tag does not), so the link says so.
+    """
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 def start_run(run_name: str, tags: Mapping[str, str], root: Path | None = None) -> Run:
     """A new run named `run_name` in the study's experiment."""
     client, experiment_id = open_experiment(root)
     run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
-    log.info("MLflow run %s (%s) in %s", run_name, run.info.run_id, client.tracking_uri)
+    log.info("MLflow run %s (%s) in %s", run_name, run.info.run_id, redact(client.tracking_uri))
+    if client.tracking_uri.startswith(("http://", "https://")):
+        log.info("MLflow UI: %s", ui_url(client.tracking_uri, experiment_id))
     return Run(client, run.info.run_id)
 
 
@@ -179,9 +234,119 @@ def resume_run(
             "starting a new run with the same name",
             run_id,
             run_name,
-            client.tracking_uri,
+            redact(client.tracking_uri),
         )
         run = start_run(run_name, {**tags, "trained_in_run": run_id}, root)
         run.end("FINISHED")
         return run
     return Run(client, run_id)
+
+
+# ----------------------------------------------------------------------------- dataset and model
+
+
+def dvc_hash(out: str, lock_file: Path = Path("dvc.lock")) -> str | None:
+    """The hash DVC recorded for output `out` (e.g. `data/prepared` -> `3f2c...a1.dir`), or None
+    if dvc.lock does not list it yet."""
+    try:
+        lock = yaml.safe_load(lock_file.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    for stage in (lock.get("stages") or {}).values():
+        for entry in stage.get("outs") or []:
+            if entry.get("path") == out and entry.get("md5"):
+                return entry["md5"]
+    return None
+
+
+def content_hash(folder: Path) -> str:
+    """md5 over the relative paths and bytes of the files under `folder` (when DVC has no hash)."""
+    digest = hashlib.md5()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def prepared_dataset(prepared: Path, out: str = "data/prepared") -> Dataset:
+    """The prepared tensors as an MLflow dataset named by their DVC hash: `prepared@<hash>`.
+
+    The hash is dvc.lock's for `out` (the deform stage's output, recorded before training
+    runs), so `dvc.lock` and MLflow agree on which data version a run used; outside DVC it is
+    an md5 of the files, and the source says so.
+    """
+    md5 = dvc_hash(out)
+    source = {"path": out, "dvc_md5": md5}
+    if md5 is None:
+        md5 = content_hash(prepared)
+        source = {"path": str(prepared), "content_md5": md5}
+    short = md5.removesuffix(".dir")[:12]
+    return Dataset(
+        name=f"prepared@{short}",
+        digest=short,
+        source_type="dvc" if "dvc_md5" in source else "local",
+        source=json.dumps(source),
+    )
+
+
+def log_prepared_dataset(run: Run, prepared: Path, context: str = "training") -> Dataset:
+    """Link the run to the prepared data version it used (the UI's Dataset column)."""
+    dataset = prepared_dataset(prepared)
+    tags = [InputTag("mlflow.data.context", context)]
+    run.client.log_inputs(run.run_id, datasets=[DatasetInput(dataset, tags)])
+    return dataset
+
+
+@contextmanager
+def global_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's global tracking URI at `uri` for a block, then put everything back.
+
+    Model logging and loading read the global URI, not a client's. `mlflow.set_tracking_uri`
+    also exports MLFLOW_TRACKING_URI, which `tracking_uri` would then read for the rest of the
+    process, so the variable is restored too.
+    """
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)  # clears the global and the variable
+        if saved is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+def log_pyfunc_model(run: Run, checkpoint: Path) -> str:
+    """Log a checkpoint as the run's MLflow model (`runs:/<run_id>/model`); return its URI.
+
+    See `dogbreeds.pyfunc`: a pyfunc with preprocessing, signature and input example. MLflow's
+    model logging reads the global tracking URI (see `global_tracking_uri`), and would create the
+    logged model in the globally active experiment, so it is created here, in the run's.
+    """
+    import mlflow.pyfunc  # the flavour, only where a model is logged
+
+    from dogbreeds import pyfunc
+
+    experiment_id = run.client.get_run(run.run_id).info.experiment_id
+    model = run.client.create_logged_model(
+        experiment_id, name=MODEL_NAME, source_run_id=run.run_id
+    )  # created here, in the run's experiment: MLflow would pick the globally active one
+    with global_tracking_uri(run.client.tracking_uri):
+        info = mlflow.models.Model.log(
+            artifact_path=None,
+            name=MODEL_NAME,
+            flavor=mlflow.pyfunc,
+            run_id=run.run_id,
+            model_id=model.model_id,
+            **pyfunc.model_kwargs(Path(checkpoint)),
+        )
+    log.info("logged %s as MLflow model %s", checkpoint, info.model_uri)
+    return info.model_uri
+
+
+def load_pyfunc(model: str, root: Path | None = None):
+    """Load an MLflow model folder or URI (`models:/name@alias`, `runs:/id/model`) from the
+    study's store (see `tracking_uri`) as a pyfunc."""
+    import mlflow.pyfunc
+
+    with global_tracking_uri(tracking_uri(root or store_root())):
+        return mlflow.pyfunc.load_model(model)

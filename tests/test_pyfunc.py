@@ -1,0 +1,216 @@
+"""A trained net as users get it: the classifier, the MLflow pyfunc model, the registry's
+champions, the predict command, and what the MLflow UI shows (experiment kind, Source, Dataset).
+
+A tiny cnn (width 0.25, 16 px, untrained but seeded) stands in for a trained one: these tests
+check plumbing and preprocessing, not accuracy. Each store is a SQLite file in tmp_path.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import ROOT
+from PIL import Image
+
+from dogbreeds import registry, tracking
+from dogbreeds.images import load_square
+from dogbreeds.inference import CheckpointError, Classifier
+from dogbreeds.models import build_model
+from dogbreeds.predict import main as predict_main
+
+BREEDS = ["Chihuahua", "Pug", "Beagle", "Labrador", "Husky", "Poodle", "Pomeranian"]
+SIDE = 16
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for name in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_STAGE", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def write_checkpoint(path, seed: int = 0):
+    """A checkpoint with the train stage's keys (see train.save_checkpoint)."""
+    torch.manual_seed(seed)
+    model = build_model("cnn", num_classes=len(BREEDS), width_mult=0.25, deform_backend="auto")
+    meta = {
+        "arch": "cnn",
+        "schedule": "s1",
+        "width_mult": 0.25,
+        "resolution": SIDE,
+        "deform_backend": "auto",
+        "breeds": BREEDS,
+        "mean": [0.5, 0.4, 0.3],
+        "std": [0.2, 0.2, 0.2],
+        "history": [{"epoch": 1, "val_acc": 0.5}],
+    }
+    torch.save({"state_dict": model.state_dict(), **meta}, path)
+    return path
+
+
+def encoded(colour=(200, 30, 40), size=(40, 24), fmt="PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    return write_checkpoint(tmp_path / "cnn-s1.pt")
+
+
+def logged_run(root, checkpoint, val_acc: float, name: str = "cnn-s1"):
+    """A finished training run with a final val_acc and the checkpoint as its model."""
+    with tracking.training_run(name, tracking.run_tags("cnn", "s1"), root) as run:
+        run.log_metrics({"val_acc": val_acc / 2}, step=1)
+        run.log_metrics({"val_acc": val_acc}, step=2)  # the last epoch's value counts
+        tracking.log_pyfunc_model(run, checkpoint)
+    return run
+
+
+# ----------------------------------------------------------------------------- classifier
+
+
+def test_classifier_preprocesses_like_the_deform_stage(checkpoint, tmp_path):
+    classifier = Classifier.from_checkpoint(checkpoint)
+    photo = tmp_path / "photo.jpg"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (30, 50, 3), dtype=np.uint8)).save(photo)
+    expected = np.asarray(load_square(photo, SIDE)).transpose(2, 0, 1)  # what training saw
+    assert np.array_equal(classifier.pixels(photo.read_bytes()).numpy(), expected)
+
+    probs = classifier.probabilities([photo.read_bytes(), encoded(fmt="WEBP")])
+    assert probs.shape == (2, len(BREEDS))
+    assert torch.allclose(probs.sum(dim=1), torch.ones(2), atol=1e-5)
+    top = classifier.top(photo.read_bytes())
+    assert [b for b, _ in top] == [BREEDS[i] for i in probs[0].argsort(descending=True)[:3]]
+
+
+def test_a_checkpoint_without_metadata_is_named(tmp_path):
+    path = tmp_path / "bare.pt"
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(CheckpointError, match="bare.pt: checkpoint lacks arch"):
+        Classifier.from_checkpoint(path)
+
+
+# ----------------------------------------------------------------------------- MLflow model
+
+
+def test_pyfunc_model_takes_image_bytes_and_returns_one_column_per_breed(tmp_path, checkpoint):
+    run = logged_run(tmp_path, checkpoint, val_acc=0.5)
+    model = tracking.load_pyfunc(f"runs:/{run.run_id}/model", tmp_path)
+
+    inputs = model.metadata.get_input_schema().to_dict()
+    assert inputs == [{"type": "binary", "name": "image", "required": True}]
+    assert model.metadata.get_output_schema().input_names() == BREEDS
+    assert model.metadata.saved_input_example_info is not None  # an input example is stored
+
+    images = [encoded((200, 30, 40)), encoded((10, 90, 200), fmt="JPEG")]
+    out = model.predict(pd.DataFrame({"image": images}))
+    assert list(out.columns) == BREEDS and len(out) == 2
+    assert np.allclose(out.sum(axis=1), 1, atol=1e-5)
+    direct = Classifier.from_checkpoint(checkpoint).probabilities(images).numpy()
+    assert np.allclose(out.to_numpy(), direct, atol=1e-6)  # the same preprocessing and net
+
+
+def test_runs_show_source_dataset_and_the_experiment_opens_on_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_STAGE", "train@cnn-s1")
+    (tmp_path / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  deform:\n    cmd: x\n    outs:\n"
+        "    - path: data/prepared\n      hash: md5\n      md5: 0123456789abcdef0123.dir\n"
+    )
+    with tracking.training_run("cnn-s1", tracking.run_tags("cnn", "s1"), tmp_path) as run:
+        dataset = tracking.log_prepared_dataset(run, tmp_path / "data/prepared")
+    logged = run.client.get_run(run.run_id)
+    assert logged.data.tags["mlflow.source.name"] == "train@cnn-s1"
+    assert dataset.name == "prepared@0123456789ab"
+    [used] = logged.inputs.dataset_inputs
+    assert used.dataset.name == "prepared@0123456789ab"
+    assert json.loads(used.dataset.source)["dvc_md5"] == "0123456789abcdef0123.dir"
+    experiment = run.client.get_experiment_by_name(tracking.EXPERIMENT)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_passwords_in_a_tracking_uri_never_reach_the_log():
+    uri = "postgresql+psycopg2://mlflow:s3cret@db.example:5432/mlflow"
+    assert tracking.redact(uri) == "postgresql+psycopg2://mlflow:***@db.example:5432/mlflow"
+    assert tracking.redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def test_the_best_val_acc_becomes_champion_once(tmp_path):
+    weak = logged_run(tmp_path, write_checkpoint(tmp_path / "a.pt", 1), 0.4, "cnn-a")
+    strong = logged_run(tmp_path, write_checkpoint(tmp_path / "b.pt", 2), 0.6, "cnn-b")
+    champion = registry.register_champion("cnn", tmp_path)
+    assert (champion.name, champion.version, champion.run_id) == (
+        "dogbreeds-cnn",
+        "1",
+        strong.run_id,
+    )
+    assert champion.val_acc == 0.6
+    assert registry.register_champion("cnn", tmp_path).version == "1"  # nothing new: no version
+    assert registry.register_champion("dsc", tmp_path) is None  # no dsc run at all
+
+    better = logged_run(tmp_path, write_checkpoint(tmp_path / "c.pt", 3), 0.7, "cnn-c")
+    assert registry.register_champion("cnn", tmp_path).version == "2"
+    model = tracking.load_pyfunc(champion.uri, tmp_path)
+    assert model.metadata.run_id == better.run_id != weak.run_id
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def test_predict_prints_top3_and_a_bad_image_fails_alone(tmp_path, checkpoint, capsys):
+    good, bad, missing = tmp_path / "dog.webp", tmp_path / "bad.jpg", tmp_path / "none.png"
+    good.write_bytes(encoded(fmt="WEBP"))
+    bad.write_bytes(b"not an image")
+    status = predict_main([str(bad), str(good), str(missing), "--model", str(checkpoint)])
+    lines = capsys.readouterr().out.splitlines()
+    assert status == 1
+    assert lines[0] == f"{bad}: error: not an image Pillow can decode"
+    assert lines[1].startswith(f"{good}: ") and len(lines[1].split(", ")) == 3
+    assert lines[2] == f"{missing}: error: No such file or directory"
+    assert predict_main([str(good), "--model", str(checkpoint)]) == 0
+
+
+def test_predict_from_the_registry_matches_the_checkpoint(
+    tmp_path, checkpoint, monkeypatch, capsys
+):
+    (tmp_path / ".dvc").mkdir()  # the store is found at the repository root, as in the study
+    monkeypatch.chdir(tmp_path)
+    logged_run(tmp_path, checkpoint, 0.5)
+    registry.register_champion("cnn", tmp_path)
+    good = tmp_path / "dog.png"
+    good.write_bytes(encoded())
+    assert predict_main([str(good), "--model", "models:/dogbreeds-cnn@champion"]) == 0
+    assert predict_main([str(good), "--model", str(checkpoint)]) == 0
+    from_registry, from_checkpoint = capsys.readouterr().out.splitlines()
+    assert from_registry == from_checkpoint
+
+
+def test_predict_without_a_model_says_so(tmp_path, capsys):
+    assert predict_main([str(tmp_path / "x.png"), "--model", str(tmp_path / "none.pt")]) == 2
+    assert "none.pt: no such checkpoint" in capsys.readouterr().err
+
+
+def test_predict_runs_as_a_module(tmp_path, checkpoint):
+    import subprocess
+    import sys
+
+    good = tmp_path / "dog.png"
+    good.write_bytes(encoded())
+    proc = subprocess.run(
+        [sys.executable, "-m", "dogbreeds.predict", str(good), "--model", str(checkpoint)],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{good}: ")

@@ -1,0 +1,410 @@
+"""From one laptop to a team: the tiny study on a real MLflow server on PostgreSQL, its data and
+models through DVC remotes (a folder, and S3 on moto), experiments through `dvc exp push/pull`,
+the registry's champion served over REST, and the MLflow UI in headless Chromium.
+
+One module-scoped study (`team`): PostgreSQL and the MLflow server start once, the tiny study
+runs once with `MLFLOW_TRACKING_URI` pointing at the server, and every test reads from it. The
+experiment test, which adds a commit and an experiment, runs last.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import secrets
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import BIN, make_project, run
+from mlflow import MlflowClient
+from PIL import Image
+from servers import (
+    MlflowServer,
+    Postgres,
+    chromium,
+    has_postgres,
+    mlflow_server,
+    moto_s3,
+    postgres,
+    require,
+    served_model,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.team]
+
+ARCHS = ("cnn", "dsc", "deformable")
+SCHEDULES = ("s20_14_6", "s50_7_3", "s50_14_6")
+RUN_NAMES = {f"{arch}-{schedule}" for arch in ARCHS for schedule in SCHEDULES}
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+# A database password that must never leave the server's environment.
+PASSWORD = f"pw-{secrets.token_hex(8)}"
+UP_TO_DATE = "Data and pipelines are up to date."
+
+
+@dataclass
+class Team:
+    db: Postgres
+    server: MlflowServer
+    repo: Path
+    repro_log: str
+    base: Path
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.server.url)
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory) -> Iterator[Team]:
+    """PostgreSQL + MLflow server, and the tiny study reproduced against them, committed."""
+    require("PostgreSQL", has_postgres())
+    base = tmp_path_factory.mktemp("team")
+    with postgres(base / "db", PASSWORD) as db, mlflow_server(db, base) as server:
+        repo = make_project(base / "repo")
+        env = {"MLFLOW_TRACKING_URI": server.url, **ONE_THREAD}
+        repro = run(["dvc", "repro"], repo, env=env)
+        commit(repo, "the study")
+        yield Team(db, server, repo, repro.stdout + repro.stderr, base)
+
+
+def commit(repo: Path, message: str) -> None:
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", message], repo)
+
+
+def rest(server: MlflowServer, path: str, body: dict | None = None) -> dict:
+    """One call of MLflow's REST API (GET, or POST with a JSON body)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        f"{server.url}/api/2.0/mlflow/{path}", data, {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def study_runs(team: Team) -> list[dict]:
+    """The study's runs (not those of DVC experiments) through the REST API."""
+    experiment = rest(team.server, "experiments/get-by-name?experiment_name=dogbreeds")
+    experiment_id = experiment["experiment"]["experiment_id"]
+    found = rest(
+        team.server, "runs/search", {"experiment_ids": [experiment_id], "max_results": 100}
+    )
+    return [r for r in found["runs"] if "dvc_exp_name" not in tags_of(r)]
+
+
+def tags_of(rest_run: dict) -> dict[str, str]:
+    return {t["key"]: t["value"] for t in rest_run["data"].get("tags", [])}
+
+
+def encoded(colour, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (50, 40), colour).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def file_count(pattern: str, text: str) -> int:
+    """The N of DVC's `N files pushed` (or fetched, ...) in a command's output."""
+    found = re.search(rf"(\d+) files? {pattern}", text)
+    assert found, f"no '{pattern}' count in:\n{text}"
+    return int(found.group(1))
+
+
+# ----------------------------------------------------------------------------- the server
+
+
+def test_every_run_lands_in_postgresql(team: Team):
+    runs = study_runs(team)
+    assert {r["info"]["run_name"] for r in runs} == RUN_NAMES and len(runs) == 9
+    counted = team.db.psql(
+        "SELECT count(*) FROM runs JOIN experiments USING (experiment_id) "
+        "WHERE experiments.name = 'dogbreeds' AND run_uuid NOT IN "
+        "(SELECT run_uuid FROM tags WHERE key = 'dvc_exp_name')"
+    )
+    assert counted == "9"
+    print(f"runs: {len(runs)} through REST, {counted} counted in PostgreSQL")
+    assert not (team.repo / "mlflow.db").exists()  # nothing went to a local store
+
+    prepared_md5 = dvc_lock_md5(team.repo, "data/prepared")
+    for r in runs:
+        tags = tags_of(r)
+        assert r["info"]["status"] == "FINISHED"
+        assert r["info"]["artifact_uri"].startswith("mlflow-artifacts:/")  # proxied by the server
+        assert tags["mlflow.source.name"] == f"train@{r['info']['run_name']}"
+        assert tags["mlflow.source.git.commit"]
+        [dataset] = r["inputs"]["dataset_inputs"]
+        assert dataset["dataset"]["name"] == f"prepared@{prepared_md5[:12]}"
+        metrics = {m["key"] for m in r["data"]["metrics"]}
+        assert {"val_acc", "test_acc", "clean_test_acc"} <= metrics
+
+    experiment = team.client().get_experiment_by_name("dogbreeds")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_no_database_password_in_logs_params_or_tags(team: Team):
+    assert PASSWORD not in team.repro_log
+    assert PASSWORD not in team.server.log.read_text()
+    for r in study_runs(team):
+        values = [p["value"] for p in r["data"].get("params", [])] + list(tags_of(r).values())
+        assert not [v for v in values if PASSWORD in v]
+    # the server did use it: PostgreSQL accepts the mlflow role only with its password
+    assert team.db.psql("SELECT current_user") == "mlflow"
+
+
+def dvc_lock_md5(repo: Path, out: str) -> str:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    for stage in lock["stages"].values():
+        for entry in stage.get("outs", []):
+            if entry["path"] == out:
+                return entry["md5"]
+    raise AssertionError(f"{out} not in dvc.lock")
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def test_each_net_has_a_champion_and_it_answers_over_rest(team: Team):
+    client = team.client()
+    for arch in ARCHS:
+        champion = client.get_model_version_by_alias(f"dogbreeds-{arch}", "champion")
+        best = max(
+            (r for r in study_runs(team) if tags_of(r)["arch"] == arch),
+            key=lambda r: next(m["value"] for m in r["data"]["metrics"] if m["key"] == "val_acc"),
+        )
+        best_acc = next(m["value"] for m in best["data"]["metrics"] if m["key"] == "val_acc")
+        champion_acc = client.get_run(champion.run_id).data.metrics["val_acc"]
+        assert champion_acc == best_acc  # the best val_acc (ties: either run of that value)
+
+    images = [encoded((190, 140, 90), "PNG"), encoded((60, 60, 60), "JPEG")]
+    body = {
+        "dataframe_split": {
+            "columns": ["image"],
+            "data": [[base64.b64encode(image).decode()] for image in images],
+        }
+    }
+    uri = "models:/dogbreeds-cnn@champion"
+    with served_model(uri, team.server.url, team.base) as invocations:
+        request = urllib.request.Request(
+            invocations, json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            predictions = json.loads(response.read())["predictions"]
+    breeds = yaml.safe_load((team.repo / "params.yaml").read_text())["data"]["breeds"]
+    assert len(predictions) == 2
+    print(f"served {uri}: {predictions[0]}")
+    for row in predictions:
+        assert list(row) == breeds
+        assert abs(sum(row.values()) - 1) < 1e-5
+
+    # the predict command reads the same champion and agrees with the served model
+    (team.base / "dog.png").write_bytes(images[0])
+    predicted = run(
+        [str(BIN / "python"), "-m", "dogbreeds.predict", str(team.base / "dog.png"),
+         "--model", uri],
+        team.repo, env={"MLFLOW_TRACKING_URI": team.server.url, "PYTHONPATH": "src"},
+    ).stdout  # fmt: skip
+    top_breed = max(predictions[0], key=predictions[0].get)
+    assert predicted.startswith(f"{team.base / 'dog.png'}: {top_breed} ")
+
+
+# ----------------------------------------------------------------------------- the UI
+
+
+def test_the_ui_shows_the_training_runs_and_a_val_acc_chart(team: Team, tmp_path):
+    """What a user sees in headless Chromium, through the link the README and the logs give.
+
+    MLflow 3.17 decides between its GenAI pages and its model-training pages with a switch at
+    the top of the page, remembered per browser and "GenAI" for a new user: the experiment's
+    `mlflow.experimentKind` tag does not change that. So the link we publish carries
+    `workflowType=machine_learning`, and one click on "Model training" makes the plain link
+    open on the runs too.
+    """
+    found = chromium()
+    require("Chromium and chromedriver", found is not None)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser, driver_path = found
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update",
+                "--window-size=1600,1000"):  # fmt: skip
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    wait = WebDriverWait(driver, 90)
+    body = lambda: driver.find_element(By.TAG_NAME, "body").text  # noqa: E731
+    experiment_id = team.client().get_experiment_by_name("dogbreeds").experiment_id
+    runs_page = tracking_ui_url(team.server.url, experiment_id)
+    try:
+        # A new user with the plain link lands on the GenAI overview; one click on the switch.
+        driver.get(f"{team.server.url}/#/experiments/{experiment_id}")
+        wait.until(lambda _: "workflowType=" in driver.current_url)
+        if "workflowType=genai" in driver.current_url:
+            switch = driver.find_element(By.XPATH, "//*[normalize-space(text())='Model training']")
+            driver.execute_script("arguments[0].click()", switch)  # a tooltip may cover it
+            wait.until(lambda _: "/runs" in driver.current_url)
+
+        # The published link: the 9 runs with their Source (stage) and Dataset (DVC hash).
+        driver.get(runs_page)
+        wait.until(lambda _: all(name in body() for name in RUN_NAMES))
+        text = body()
+        assert (
+            "/runs" in driver.current_url and "workflowType=machine_learning" in driver.current_url
+        )
+        assert "9 matching runs" in text
+        assert all(f"train@{name}" in text for name in RUN_NAMES)  # the Source column
+        assert "prepared@" in text  # the Dataset column
+        driver.save_screenshot(str(tmp_path / "mlflow-runs.png"))
+
+        # The chart view draws only the first few of the ~20 metrics: search for val_acc.
+        driver.get(f"{runs_page}&compareRunsMode=CHART")
+        search = "//input[@placeholder='Search metric charts']"
+        wait.until(lambda _: driver.find_elements(By.XPATH, search))
+        driver.find_element(By.XPATH, search).send_keys("val_acc")
+        wait.until(lambda _: driver.find_elements(By.XPATH, "//h4[normalize-space()='val_acc']"))
+        assert all(name in body() for name in RUN_NAMES)  # one line per run in the legend list
+        screenshot = tmp_path / "mlflow-val_acc.png"
+        driver.save_screenshot(str(screenshot))
+        assert screenshot.stat().st_size > 10_000
+        print(f"screenshots: {tmp_path}")
+    finally:
+        driver.quit()
+
+
+def tracking_ui_url(server: str, experiment_id: str) -> str:
+    from dogbreeds import tracking
+
+    return tracking.ui_url(server, experiment_id)
+
+
+# ----------------------------------------------------------------------------- DVC remotes
+
+
+def clone_and_pull(team: Team, name: str, env: dict | None = None) -> tuple[Path, str]:
+    """A second clone of the study that pulls data and models; (clone, pull output)."""
+    clone = team.base / name
+    run(["git", "clone", "-q", str(team.repo), str(clone)], team.base)
+    assert not (clone / "models").exists()
+    pulled = run(["dvc", "pull"], clone, env=env)
+    return clone, pulled.stdout + pulled.stderr
+
+
+def assert_nothing_to_retrain(clone: Path, env: dict | None = None) -> None:
+    assert UP_TO_DATE in run(["dvc", "status"], clone, env=env).stdout
+    assert len(list((clone / "models").glob("*.pt"))) == 9
+    assert (clone / "data" / "prepared" / "train.pt").is_file()
+
+
+def test_a_second_clone_pulls_everything_from_a_folder_remote(team: Team):
+    storage = team.base / "dvc-storage"
+    run(["dvc", "remote", "add", "--default", "--force", "storage", str(storage)], team.repo)
+    commit(team.repo, "DVC remote: a folder")
+    pushed = run(["dvc", "push"], team.repo)
+    count = file_count("pushed", pushed.stdout + pushed.stderr)
+    assert count > 9  # data, prepared tensors and 9 models
+
+    clone, pulled = clone_and_pull(team, "clone-folder")
+    assert file_count("fetched", pulled) == count
+    print(f"folder remote: {count} files pushed, {count} fetched by the second clone")
+    assert_nothing_to_retrain(clone)
+
+
+def test_a_second_clone_pulls_everything_from_s3(team: Team):
+    import boto3
+
+    credentials = {
+        "AWS_ACCESS_KEY_ID": "testing",  # moto accepts any; kept out of .dvc/config
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    with moto_s3() as endpoint:
+        boto3.client("s3", endpoint_url=endpoint, **lower(credentials)).create_bucket(
+            Bucket="dogbreeds"
+        )
+        run(["dvc", "remote", "add", "--default", "--force", "s3", "s3://dogbreeds/dvc"], team.repo)
+        run(["dvc", "remote", "modify", "s3", "endpointurl", endpoint], team.repo)
+        commit(team.repo, "DVC remote: S3")
+        pushed = run(["dvc", "push"], team.repo, env=credentials)
+        count = file_count("pushed", pushed.stdout + pushed.stderr)
+        assert count > 9
+
+        clone, pulled = clone_and_pull(team, "clone-s3", env=credentials)
+        assert file_count("fetched", pulled) == count
+        print(f"S3 remote (moto): {count} files pushed, {count} fetched by the second clone")
+        assert_nothing_to_retrain(clone, env=credentials)
+    assert "testing" not in (team.repo / ".dvc" / "config").read_text()
+
+
+def lower(credentials: dict) -> dict:
+    return {
+        "aws_access_key_id": credentials["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": credentials["AWS_SECRET_ACCESS_KEY"],
+        "region_name": credentials["AWS_DEFAULT_REGION"],
+    }
+
+
+# ----------------------------------------------------------------------------- experiments
+
+
+def test_an_experiment_travels_through_git_and_dvc_remotes(team: Team):
+    repo, origin = team.repo, team.base / "origin.git"
+    storage = team.base / "dvc-exp-storage"
+    run(["git", "init", "-q", "--bare", str(origin)], team.base)
+    run(["git", "remote", "add", "origin", str(origin)], repo)
+    run(["dvc", "remote", "add", "--default", "--force", "storage", str(storage)], repo)
+    commit(repo, "DVC remote for experiments")
+    branch = run(["git", "branch", "--show-current"], repo).stdout.strip()
+    run(["git", "push", "-q", "origin", branch], repo)
+    run(["dvc", "push"], repo)
+
+    lr = "train.schedules.s20_14_6.max_lr=[0.005,0.0005,0.00005]"
+    run(["dvc", "exp", "run", "--temp", "-n", "cool-cnn", "-S", "train.archs=[cnn]", "-S", lr],
+        repo, env=ONE_THREAD)  # fmt: skip
+    run(["dvc", "exp", "push", "origin", "cool-cnn"], repo)  # git refs and the DVC cache
+
+    clone = team.base / "clone-exp"
+    run(["git", "clone", "-q", "--branch", branch, str(origin), str(clone)], team.base)
+    assert "cool-cnn" not in run(["dvc", "exp", "show", "--csv"], clone).stdout
+    run(["dvc", "exp", "pull", "origin", "cool-cnn"], clone)
+    assert "cool-cnn" in run(["dvc", "exp", "show", "--csv"], clone).stdout
+
+    run(["dvc", "exp", "apply", "cool-cnn"], clone)
+    run(["dvc", "pull"], clone)
+    assert UP_TO_DATE in run(["dvc", "status"], clone).stdout
+    model = clone / "models" / "cnn-s20_14_6.pt"
+    assert model.is_file()
+    assert md5(model) == dvc_lock_md5(clone, "models/cnn-s20_14_6.pt")  # the experiment's model
+    assert md5(model) != dvc_lock_md5(repo, "models/cnn-s20_14_6.pt")  # not the study's
+    repro = run(["dvc", "repro"], clone)
+    assert "Running stage" not in repro.stdout + repro.stderr  # nothing to train
+
+
+def md5(path: Path) -> str:
+    import hashlib
+
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_the_server_script_refuses_a_password_in_the_backend_uri():
+    """The password belongs in PGPASSWORD or ~/.pgpass, where no log or run can show it."""
+    env = {
+        **os.environ,
+        "MLFLOW_BACKEND_URI": f"postgresql+psycopg2://mlflow:{PASSWORD}@127.0.0.1:1/mlflow",
+    }
+    import subprocess
+
+    from conftest import ROOT
+
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "mlflow-server.sh")], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "PGPASSWORD" in proc.stderr and PASSWORD not in proc.stderr

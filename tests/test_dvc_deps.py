@@ -65,6 +65,9 @@ def code_closure(script: Path) -> set[str]:
         if path in seen:
             continue
         seen.add(path)
+        relative = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+        if relative in ALLOWED_UNLISTED:
+            continue  # what only a module that cannot change an output imports cannot either
         todo.extend(imported_modules(path) - seen)
     return {str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in seen}
 
@@ -101,7 +104,16 @@ def test_the_closure_follows_imports_inside_functions(tmp_path):
 
 def test_only_stage_level_modules_import_tracking():
     """Models, data and the engine never import MLflow (DESIGN.md: tracking is stage level)."""
-    stage_level = {"train.py", "evaluate.py", "tracking.py"}
+    # tracking logs runs; pyfunc and registry are the MLflow model and registry themselves
+    # predict is a command that loads models:/ URIs through MLflow
+    stage_level = {
+        "train.py",
+        "evaluate.py",
+        "tracking.py",
+        "pyfunc.py",
+        "registry.py",
+        "predict.py",
+    }
     for path in PACKAGE.glob("*.py"):
         if path.name in stage_level:
             continue

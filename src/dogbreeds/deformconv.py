@@ -38,8 +38,8 @@ BACKENDS = ("auto", "reference", "gather", "torchvision")
 
 # The backend `auto` uses per device type, from training-step benchmarks of the deformable net
 # (forward, loss, backward, clipping, Adam step; python -m dogbreeds.bench):
-# - CPU, 64x64, batch 32, 1 thread (CPU time, loaded machine): gather 114 img/s, reference 82,
-#   torchvision 18 in float32; gather 136 vs reference 109 under bf16 autocast.
+# - CPU, 64x64, batch 32, 2 cores of an idle Xeon with AMX: gather 115 img/s, reference 95,
+#   torchvision 12 in float32; gather 166 vs reference 107 under bf16 autocast.
 # - CUDA (H100, 224x224, torch 2.11): reference 2,483 img/s at batch 128 under bf16, torchvision
 #   1,992, gather 1,184; at batch 32: 2,130 / 1,849 / 952. grid_sample's fused kernel wins.
 # Devices not listed fall back to `reference`.

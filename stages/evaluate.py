@@ -1,4 +1,4 @@
-"""DVC stage evaluate@<arch>-<schedule>: score one trained net (see dogbreeds.evaluate)."""
+"""DVC stage evaluate@<arch>-<schedule>-<seed>: score one trained net (see dogbreeds.evaluate)."""
 
 import argparse
 
@@ -11,8 +11,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--arch", required=True, help="a net listed in params train.archs")
     parser.add_argument("--schedule", required=True, help="a key of params train.schedules")
+    parser.add_argument("--seed", required=True, type=int, help="one of params train.seeds")
     args = parser.parse_args()
-    run_evaluation(load_params(), args.arch, args.schedule)
+    run_evaluation(load_params(), args.arch, args.schedule, args.seed)
 
 
 if __name__ == "__main__":

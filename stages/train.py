@@ -1,4 +1,4 @@
-"""DVC stage train@<arch>-<schedule>: train one net on one schedule (see dogbreeds.train)."""
+"""DVC stage train@<arch>-<schedule>-<seed>: train one net from one seed (see dogbreeds.train)."""
 
 import argparse
 
@@ -11,8 +11,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--arch", required=True, help="a net listed in params train.archs")
     parser.add_argument("--schedule", required=True, help="a key of params train.schedules")
+    parser.add_argument("--seed", required=True, type=int, help="one of params train.seeds")
     args = parser.parse_args()
-    run_training(load_params(), args.arch, args.schedule)
+    run_training(load_params(), args.arch, args.schedule, args.seed)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from pathlib import Path
@@ -53,13 +54,13 @@ def evaluated(prepared, tmp_path, monkeypatch):
     monkeypatch.delenv("DVC_ROOT", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     breeds = load_split(prepared / "test.pt").breeds
-    log_probs = constant_net_checkpoint(tmp_path / "models" / "cnn-tiny.pt", breeds)
-    run = tracking.start_run("cnn-tiny", {"arch": "cnn"})
-    write_json(tmp_path / "metrics/train/cnn-tiny.json", {"mlflow_run_id": run.run_id})
+    log_probs = constant_net_checkpoint(tmp_path / "models" / "cnn-tiny-seed0.pt", breeds)
+    run = tracking.start_run("cnn-tiny-seed0", {"arch": "cnn"})
+    write_json(tmp_path / "metrics/train/cnn-tiny-seed0.json", {"mlflow_run_id": run.run_id})
 
     def evaluate_now() -> dict:
         return evaluate.run_evaluation(
-            tiny_params(), "cnn", "tiny", prepared=prepared, models_dir=tmp_path / "models"
+            tiny_params(), "cnn", "tiny", 0, prepared=prepared, models_dir=tmp_path / "models"
         )
 
     return evaluate_now, run, log_probs, breeds
@@ -79,13 +80,19 @@ def test_a_known_net_scores_as_expected(evaluated, tmp_path):
         b: float(i == BIASED_CLASS) for i, b in enumerate(breeds)
     }
 
-    on_disk = json.loads((tmp_path / "metrics/eval/cnn-tiny.json").read_text())
+    on_disk = json.loads((tmp_path / "metrics/eval/cnn-tiny-seed0.json").read_text())
     assert on_disk == results and on_disk["mlflow_run_id"] == run.run_id
-    confusion = json.loads((tmp_path / "metrics/eval/cnn-tiny-confusion.json").read_text())
+    confusion = json.loads((tmp_path / "metrics/eval/cnn-tiny-seed0-confusion.json").read_text())
     assert len(confusion) == len(labels)
     assert {r["predicted"] for r in confusion} == {breeds[BIASED_CLASS]}
     assert [r["actual"] for r in confusion] == [breeds[i] for i in labels]
-    assert (tmp_path / "metrics/eval/cnn-tiny-confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "metrics/eval/cnn-tiny-seed0-confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+    with (tmp_path / "metrics/eval/cnn-tiny-seed0-predictions.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == load_split(tmp_path / "data/prepared/test.pt").ids
+    assert [int(r["label"]) for r in rows] == labels.tolist()
+    assert {int(r["test"]) for r in rows} == {int(r["clean_test"]) for r in rows} == {BIASED_CLASS}
 
 
 def test_test_metrics_land_in_the_training_run(evaluated):
@@ -97,19 +104,19 @@ def test_test_metrics_land_in_the_training_run(evaluated):
     assert logged.data.metrics["clean_test_loss"] == pytest.approx(results["clean_test_loss"])
     assert f"test_acc_{breeds[BIASED_CLASS]}" in logged.data.metrics
     artifacts = {a.path for a in run.client.list_artifacts(run.run_id)}
-    assert artifacts == {"cnn-tiny-confusion.png", "cnn-tiny-confusion.json"}
+    assert artifacts == {"cnn-tiny-seed0-confusion.png", "cnn-tiny-seed0-confusion.json"}
 
 
 def test_a_run_missing_from_the_store_gets_a_new_one(evaluated, tmp_path, caplog):
     evaluate_now, run, _, _ = evaluated
-    write_json(tmp_path / "metrics/train/cnn-tiny.json", {"mlflow_run_id": "0" * 32})
+    write_json(tmp_path / "metrics/train/cnn-tiny-seed0.json", {"mlflow_run_id": "0" * 32})
     with caplog.at_level(logging.WARNING):
         results = evaluate_now()
 
     assert "is not in" in caplog.text
     assert results["mlflow_run_id"] not in (run.run_id, "0" * 32)
     fresh = run.client.get_run(results["mlflow_run_id"])
-    assert fresh.info.run_name == "cnn-tiny"
+    assert fresh.info.run_name == "cnn-tiny-seed0"
     assert fresh.data.tags["trained_in_run"] == "0" * 32
     assert fresh.data.metrics["test_acc"] == pytest.approx(results["test_acc"])
 
@@ -124,5 +131,5 @@ def test_confusion_matrix_and_per_class_accuracy():
 
 def test_missing_checkpoint_names_the_file(prepared, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(CheckpointError, match="models/cnn-tiny.pt: not found"):
-        evaluate.run_evaluation(tiny_params(), "cnn", "tiny", prepared=prepared)
+    with pytest.raises(CheckpointError, match="models/cnn-tiny-seed0.pt: not found"):
+        evaluate.run_evaluation(tiny_params(), "cnn", "tiny", 0, prepared=prepared)

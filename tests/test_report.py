@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from datagen import tiny_params
+from scipy import stats as scipy_stats
 
 from dogbreeds import report
 from dogbreeds.fsutil import write_json
@@ -19,8 +23,12 @@ SCHEDULES = {
 }
 
 
-def write_run(metrics: Path, name: str, offset: float, epochs: int) -> None:
-    """Fake train/eval outputs of one run whose numbers are all `offset` + a row constant."""
+IMAGES = 40  # test images per run
+
+
+def write_run(metrics: Path, name: str, offset: float, epochs: int, right: int) -> None:
+    """Fake train/eval outputs of one run whose numbers are all `offset` + a row constant, and
+    predictions that are right on the first `right` test images (deformed and clean)."""
     history = [
         EpochRecord(e, min(e, 3), 1e-3, 1.0, 0.5 + offset, 1.1, 0.4 + offset)
         for e in range(1, epochs + 1)
@@ -51,36 +59,94 @@ def write_run(metrics: Path, name: str, offset: float, epochs: int) -> None:
             "per_class_test_acc": {},
         },
     )
-    write_json(metrics / "eval" / f"{name}-confusion.json", [{"actual": "a"}] * 40)
+    rows = ["id,label,test,clean_test"]
+    rows += [f"img{i},1,{1 if i < right else 2},{1 if i < right else 2}" for i in range(IMAGES)]
+    (metrics / "eval" / f"{name}-predictions.csv").write_text("\n".join(rows) + "\n")
+
+
+SEEDS = [0, 1, 2]
+SPREAD = {0: 0.0, 1: 0.02, 2: 0.04}  # per-seed offsets: mean 0.02, sample sd 0.02
 
 
 @pytest.fixture
 def study(tmp_path):
-    """Metrics of cnn and dsc on the paper's 20/14/6 schedule and on a non-paper schedule."""
-    params = tiny_params(**{"train.archs": ["cnn", "dsc"], "train.schedules": SCHEDULES})
-    for arch, offset in (("cnn", 0.0), ("dsc", 0.1)):
+    """cnn and deformable on the paper's 20/14/6 schedule and a non-paper one, 3 seeds each.
+
+    The deformable net is 0.1 better than cnn on deformed test accuracy on every seed (and
+    right on 30 rather than 10 of the 40 test images); clean accuracy is equal."""
+    params = tiny_params(
+        **{"train.archs": ["cnn", "deformable"], "train.schedules": SCHEDULES, "train.seeds": SEEDS}
+    )
+    for arch, offset, right in (("cnn", 0.0, 10), ("deformable", 0.1, 30)):
         for name, schedule in SCHEDULES.items():
-            write_run(tmp_path / "metrics", f"{arch}-{name}", offset, sum(schedule["epochs"]))
+            for seed in SEEDS:
+                write_run(
+                    tmp_path / "metrics",
+                    f"{arch}-{name}-seed{seed}",
+                    offset + SPREAD[seed],
+                    sum(schedule["epochs"]),
+                    right,
+                )
     return params, tmp_path / "metrics"
 
 
-def test_paper_schedules_get_paper_ours_and_difference(study):
+def section(markdown: str, title: str) -> str:
+    return markdown.split(title)[1].split("\n## ")[0]
+
+
+def test_each_cell_gets_mean_ci_per_seed_values_and_the_paper(study):
     params, metrics = study
     markdown = report.run_report(params, metrics)
 
-    cnn = markdown.split("## DogBreedClassificationCNN (`cnn`)")[1].split("##")[0]
-    header, _, *rows = [line for line in cnn.splitlines() if line.startswith("|")]
-    assert header.split(" | ")[1:4] == ["s20_14_6 (20/14/6) paper", "ours", "Δ"]
-    assert "hot (50/7/3 @ 0.02/0.002/0.0002) ours" in header  # not the paper's lr: ours only
-    cells = {row.split(" | ")[0].strip("| "): row.strip("| ").split(" | ")[1:] for row in rows}
-    assert list(cells) == list(report.ROWS)
-    # paper 20/14/6 CNN train_loss 0.9680; ours 1.0000; then the non-paper column
-    assert cells["train_loss"] == ["0.9680", "1.0000", "+0.0320", "1.0000"]
-    assert cells["test_acc"] == ["0.5101", "0.3000", "-0.2101", "0.3000"]
+    cnn = section(markdown, "## DogBreedClassificationCNN (`cnn`)")
+    half = scipy_stats.t.ppf(0.975, 2) * 0.02 / math.sqrt(3)  # sd 0.02 over 3 seeds
+    # paper 20/14/6 CNN train_loss 0.9680; ours 1.00, 1.02, 1.04: CI [0.9703, 1.0697] misses it
+    low, high = 1.02 - half, 1.02 + half
+    assert low > 0.9680
+    assert (
+        f"| train_loss | s20_14_6 (20/14/6) | 0.9680 | 1.0200 [{low:.4f}, {high:.4f}] "
+        "| 1.0000, 1.0200, 1.0400 | no |"
+    ) in cnn
+    # paper test_acc 0.5101 against ours 0.32 ± 0.05: outside
+    assert "| test_acc | s20_14_6 (20/14/6) | 0.5101 | 0.3200 [" in cnn
+    assert "| 0.3000, 0.3200, 0.3400 | no |" in cnn
+    assert "| test_acc | hot (50/7/3 @ 0.02/0.002/0.0002) | - | 0.3200 [" in cnn  # not the paper's
+    assert "## DogBreedClassificationDSC" not in markdown  # not in params
+    headline = json.loads((metrics / "headline.json").read_text())
+    assert headline["deformable"]["hot"] == {"test_acc": 0.42, "clean_test_acc": 0.6}
+    assert set(headline) == {"cnn", "deformable"} and set(headline["cnn"]) == set(SCHEDULES)
 
-    dsc = markdown.split("(`dsc`)")[1].split("##")[0]
-    assert "| val_acc | 0.4542 | 0.5000 | +0.0458 | 0.5000 |" in dsc
-    assert "## DogBreedClassificationDeformableCNN" not in markdown  # not in params
+
+def test_pairs_get_paired_differences_mcnemar_and_the_two_answers(study):
+    params, metrics = study
+    markdown = report.run_report(params, metrics)
+
+    pairs = section(markdown, "## Pairs of nets: paired differences over seeds")
+    # deformed test acc: cnn − deformable is exactly -0.1 on every seed: a zero-width CI
+    zero, minus = "+0.0000 [+0.0000, +0.0000]", "-0.1000 [-0.1000, -0.1000]"
+    row = f"| cnn − deformable | s20_14_6 | {zero} | {minus} | {minus} |"
+    assert row in pairs
+    tests = section(markdown, "## Pairs of nets: McNemar's exact test per seed")
+    # cnn right on 10 images, deformable on 30, nested: 0 vs 20 discordant, p = 2 / 2**20
+    p = 2 / 2**20
+    assert f"| cnn vs deformable | hot | 2 | deformed | 0 | 20 | {p:.4f} |" in tests
+    assert "12 McNemar tests; 12 have p < 0.05 unadjusted, 12 after Holm" in tests
+    assert "Multiple comparisons" in markdown
+
+    answers = section(markdown, "## The paper's two questions")
+    # clean accuracy is equal on every seed: a zero-width CI that contains 0
+    assert "**Does the deformable net generalise better?** The data cannot decide" in answers
+    # the deformable net loses 0.1 less to the deformations on every seed and schedule
+    assert "**Does it resist deformation better?** Yes (" in answers
+    assert "vs cnn on s20_14_6: +0.1000 [+0.1000, +0.1000]" in answers
+
+
+def test_one_seed_cannot_decide(study):
+    params, metrics = study
+    params = replace(params, train=replace(params.train, seeds=[0]))
+    markdown = report.run_report(params, metrics)
+    assert markdown.count("The data cannot decide: with one seed per cell") == 2
+    assert "| 0.3000 | 0.3000 | - |" in markdown  # mean of one seed, no interval, no verdict
 
 
 def test_sizes_robustness_timing_and_notes(study):
@@ -90,8 +156,8 @@ def test_sizes_robustness_timing_and_notes(study):
     ours = count_params(build_model("cnn", width_mult=0.25))  # alpha 0.25 beside the paper's
     assert f"| DogBreedClassificationCNN | {ours:,} |" in markdown and "| 585,383 |" in markdown
     assert "MACs (16×16)" in markdown
-    assert "| dsc | hot | 0.6000 | 0.4000 | -0.2000 |" in markdown
-    assert "| cnn-s20_14_6 | cpu | 40 | 1.5 |" in markdown
+    assert "| deformable | hot | 0.6000 [0.6000, 0.6000] | 0.4200 [" in markdown
+    assert "| cnn | s20_14_6 | cpu | 40 | 1.5 |" in markdown
     assert "`model.deformable.offset_lr_mult` = 0.1" in markdown and "does not state" in markdown
     assert "40 test images" in markdown
     assert (metrics / "report.md").read_text() == markdown
@@ -103,16 +169,19 @@ def test_one_accuracy_figure_per_run(study):
 
     figures = sorted(p.name for p in (metrics / "figures").iterdir())
     assert figures == sorted(
-        f"{a}-{s}-accuracy.png" for a in ("cnn", "dsc") for s in ("s20_14_6", "hot")
+        f"{a}-{s}-seed{n}-accuracy.png"
+        for a in ("cnn", "deformable")
+        for s in ("s20_14_6", "hot")
+        for n in SEEDS
     )
     assert all((metrics / "figures" / f).read_bytes()[:4] == b"\x89PNG" for f in figures)
-    assert "![cnn-hot accuracy](figures/cnn-hot-accuracy.png)" in markdown
+    assert "![cnn-hot-seed1 accuracy](figures/cnn-hot-seed1-accuracy.png)" in markdown
 
 
 def test_a_missing_metrics_file_is_named(study):
     params, metrics = study
-    (metrics / "eval" / "dsc-hot.json").unlink()
-    with pytest.raises(report.ReportError, match="dsc-hot.json: not found"):
+    (metrics / "eval" / "cnn-hot-seed2-predictions.csv").unlink()
+    with pytest.raises(report.ReportError, match="cnn-hot-seed2-predictions.csv: not found"):
         report.run_report(params, metrics)
     assert not (metrics / "report.md").exists()
 

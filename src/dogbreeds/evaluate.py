@@ -2,13 +2,15 @@
 
 The paper scores its nets on a randomly *deformed* test set; we score that one (the number
 beside the paper's) and the same images undeformed, so the cost of the deformations shows.
-`run_evaluation` is what `stages/evaluate.py` calls: it writes the DVC metrics JSON, the
+`run_evaluation` is what `stages/evaluate.py` calls: it writes the scores as JSON, every test
+image's predicted class (clean and deformed) as CSV for the report's paired tests, the
 confusion matrix as DVC's confusion-template JSON and as a PNG, and logs the test metrics into
 the MLflow run that trained the net.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from pathlib import Path
@@ -28,7 +30,7 @@ from dogbreeds.engine import (
     score,
 )
 from dogbreeds.fsutil import atomic_path, write_json
-from dogbreeds.params import Params, select_run
+from dogbreeds.params import Params, run_name, select_run
 from dogbreeds.plots import plot_confusion
 from dogbreeds.prepared import load_split
 
@@ -87,6 +89,21 @@ def predict_split(
     return log_probs, split.labels.to(device)
 
 
+PREDICTION_COLUMNS = ("id", "label", "test", "clean_test")  # label and predicted class indices
+
+
+def write_predictions(
+    path: Path, ids: list[str], labels: torch.Tensor, predicted: dict[str, torch.Tensor]
+) -> None:
+    """One row per test image: its id, its label and the class predicted on the deformed
+    (`test`) and clean (`clean_test`) image. Two nets' rows pair up by id for McNemar's test."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(PREDICTION_COLUMNS)
+        columns = [labels.tolist(), predicted["test"].tolist(), predicted["clean_test"].tolist()]
+        writer.writerows([image_id, *row] for image_id, *row in zip(ids, *columns, strict=True))
+
+
 def trained_run_id(train_metrics: Path) -> str:
     """The MLflow run id that the train stage stored in its metrics JSON."""
     try:
@@ -101,21 +118,23 @@ def run_evaluation(
     params: Params,
     arch: str,
     schedule_name: str,
+    seed: int,
     prepared: Path = Path("data/prepared"),
     models_dir: Path = Path("models"),
     train_metrics_dir: Path = Path("metrics/train"),
     metrics_dir: Path = Path("metrics/eval"),
 ) -> dict:
-    """Score one trained net on test (deformed), clean test and val; write metrics; log MLflow.
+    """Score one trained net on test (deformed), clean test and val; write scores and
+    predictions; log MLflow.
 
-    Returns the metrics JSON's content.
+    Returns the scores JSON's content.
     """
-    select_run(params, arch, schedule_name)
-    run_name = f"{arch}-{schedule_name}"
+    select_run(params, arch, schedule_name, seed)
+    name = run_name(arch, schedule_name, seed)
     device = resolve_device(params.train.device)
     configure_device(device)
     amp = resolve_amp(params.train.amp, device, arch)  # the precision training used here
-    model, meta = load_checkpoint(models_dir / f"{run_name}.pt", device)
+    model, meta = load_checkpoint(models_dir / f"{name}.pt", device)
     model = prepare_model(model, device)
     normalize = Normalize(meta["mean"], meta["std"], device)
     breeds = meta["breeds"]
@@ -135,23 +154,36 @@ def run_evaluation(
     results["per_class_test_acc"] = per_class_accuracy(confusion, breeds)
     log.info(
         "%s: test acc %.4f (deformed), %.4f (clean); val acc %.4f",
-        run_name,
+        name,
         results["test_acc"],
         results["clean_test_acc"],
         results["val_acc"],
     )
 
-    trained_in = trained_run_id(train_metrics_dir / f"{run_name}.json")
-    run = tracking.resume_run(trained_in, run_name, tracking.run_tags(arch, schedule_name))
+    trained_in = trained_run_id(train_metrics_dir / f"{name}.json")
+    tags = {**tracking.run_tags(arch, schedule_name), "seed": str(seed)}
+    run = tracking.resume_run(trained_in, name, tags)
     results["mlflow_run_id"] = run.run_id
 
-    confusion_json = metrics_dir / f"{run_name}-confusion.json"
-    confusion_png = metrics_dir / f"{run_name}-confusion.png"
+    clean_log_probs, clean_labels = outputs["clean_test"]
+    if not torch.equal(clean_labels.cpu(), test_labels):
+        raise EvaluationError(
+            f"{prepared / SPLITS['clean_test']}: labels differ from {prepared / SPLITS['test']}"
+            " (rerun the deform stage: dvc repro deform)"
+        )
+    predicted_by_split = {"test": predicted, "clean_test": clean_log_probs.argmax(dim=1).cpu()}
+    test_ids = load_split(prepared / SPLITS["test"]).ids
+    write_predictions(
+        metrics_dir / f"{name}-predictions.csv", test_ids, test_labels, predicted_by_split
+    )
+
+    confusion_json = metrics_dir / f"{name}-confusion.json"
+    confusion_png = metrics_dir / f"{name}-confusion.png"
     write_json(confusion_json, confusion_records(test_labels, predicted, breeds))
     with atomic_path(confusion_png) as tmp:
-        title = f"{run_name}: deformed test, acc {results['test_acc']:.4f}"
+        title = f"{name}: deformed test, acc {results['test_acc']:.4f}"
         plot_confusion(confusion, breeds, tmp, title)
-    write_json(metrics_dir / f"{run_name}.json", results)
+    write_json(metrics_dir / f"{name}.json", results)
 
     # test metrics only: val_* would clash with the training's per-epoch series of that name
     flat = {k: v for k, v in results.items() if k.startswith(("test_", "clean_test_"))}

@@ -6,7 +6,7 @@ before the first byte of output is written, with the offending key named.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,9 @@ class TrainParams:
     batch_size: int
     weight_decay: float
     grad_clip: float
+    seeds: list[int]  # the study's seeds: one trained net per (arch, schedule, seed)
+    # The seed of the net being trained, one of `seeds` (the engine seeds augmentation with it):
+    # seeds[0] as read from params.yaml, set per run by `for_seed`.
     seed: int
     device: str
     amp: str  # auto | off | bf16 | fp16 (see engine.resolve_amp)
@@ -204,6 +207,19 @@ def _source(tree: dict, name: str, breeds: list[str]) -> SourceParams:
     return SourceParams(url=url, sha256=sha.lower(), folders={b: str(folders[b]) for b in breeds})
 
 
+def _seeds(tree: dict, key: str) -> list[int]:
+    """A non-empty list of distinct integers >= 0 (each one names a trained net)."""
+    values = _get(tree, key)
+    if not isinstance(values, list) or not values:
+        raise ParamsError(f"params: '{key}' must be a non-empty list of integers")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ParamsError(f"params: '{key}' must hold integers >= 0, got {value!r}")
+    if len(set(values)) != len(values):
+        raise ParamsError(f"params: '{key}' lists a seed twice: {values}")
+    return [int(v) for v in values]
+
+
 def _schedule(tree: dict, name: str) -> Schedule:
     key = f"train.schedules.{name}"
     epochs, max_lr = _get(tree, f"{key}.epochs"), _get(tree, f"{key}.max_lr")
@@ -272,6 +288,7 @@ def parse_params(tree: dict) -> Params:
     schedules = _get(tree, "train.schedules")
     if not isinstance(schedules, dict) or not schedules:
         raise ParamsError("params: 'train.schedules' must map at least one schedule name")
+    seeds = _seeds(tree, "train.seeds")
     train = TrainParams(
         archs=_choices(tree, "train.archs", ARCHS),
         schedules={name: _schedule(tree, name) for name in schedules},
@@ -283,7 +300,8 @@ def parse_params(tree: dict) -> Params:
         batch_size=_num(tree, "train.batch_size", int, 1),
         weight_decay=_num(tree, "train.weight_decay", float, 0),
         grad_clip=_num(tree, "train.grad_clip", float, 0, lo_open=True),
-        seed=_num(tree, "train.seed", int),
+        seeds=seeds,
+        seed=seeds[0],
         device=_choice(tree, "train.device", DEVICES),
         amp=_choice(tree, "train.amp", AMPS),
         augment=AugmentParams(
@@ -295,11 +313,24 @@ def parse_params(tree: dict) -> Params:
 
 
 class RunSelectionError(ParamsError):
-    """--arch or --schedule names a run that params.yaml does not list."""
+    """--arch, --schedule or --seed names a run that params.yaml does not list."""
 
 
-def select_run(params: Params, arch: str, schedule: str) -> Schedule:
-    """The schedule to run, after checking that arch and schedule are listed in params."""
+def run_name(arch: str, schedule: str, seed: int) -> str:
+    """The name of one trained net in file names, DVC plots and MLflow: cnn-s20_14_6-seed0."""
+    return f"{arch}-{schedule}-seed{seed}"
+
+
+def for_seed(train: TrainParams, seed: int) -> TrainParams:
+    """The train params of the run with this seed (one of train.seeds)."""
+    return replace(train, seed=seed)
+
+
+def select_run(params: Params, arch: str, schedule: str, seed: int) -> Schedule:
+    """The schedule to run, after checking that arch, schedule and seed are listed in params."""
+    if seed not in params.train.seeds:
+        seeds = ", ".join(str(s) for s in params.train.seeds)
+        raise RunSelectionError(f"unknown --seed {seed!r}; params 'train.seeds': {seeds}")
     if arch not in params.train.archs:
         raise RunSelectionError(
             f"unknown --arch {arch!r}; params 'train.archs': {', '.join(params.train.archs)}"

@@ -1,24 +1,29 @@
-"""The report: the paper's three results tables with our numbers beside them, and figures.
+"""The report: the paper's results beside ours over seeds, paired comparisons, and answers.
 
-`run_report` (called by `stages/report.py`) reads the train and eval metrics of every
-(arch, schedule) listed in params and writes `metrics/report.md` plus accuracy curves under
-`metrics/figures/`, like the report's Figures 1-3. The paper's numbers below are data,
-transcribed from the report (section 4.3, tables 4.3.1-4.3.3) and its appendix.
+`run_report` (called by `stages/report.py`) reads the train and eval outputs of every
+(arch, schedule, seed) listed in params and writes `metrics/report.md`, the small headline
+metrics file `metrics/headline.json` that `dvc metrics show` / `dvc exp show` compare, and
+accuracy curves under `metrics/figures/`, like the report's Figures 1-3. The statistics live in
+`dogbreeds.stats`. The paper's numbers below are data, transcribed from the report (section
+4.3, tables 4.3.1-4.3.3) and its appendix.
 """
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from dogbreeds import DogbreedsError
-from dogbreeds.fsutil import atomic_path
+from dogbreeds.fsutil import atomic_path, write_json
 from dogbreeds.history import EpochRecord, read_history
 from dogbreeds.models import MODELS, net_size
-from dogbreeds.params import Params, Schedule
+from dogbreeds.params import Params, Schedule, run_name
 from dogbreeds.plots import plot_accuracy
+from dogbreeds.stats import Interval, McNemar, holm, mcnemar_exact, paired_difference, t_interval
 
 # ----------------------------------------------------------------------------- the paper's data
 
@@ -62,25 +67,36 @@ class ReportError(DogbreedsError):
 
 # ----------------------------------------------------------------------------- our results
 
+ALPHA = 0.05  # the level of every test and (1 - ALPHA) of every interval, as in stats.CONFIDENCE
+
 
 @dataclass
 class RunResult:
-    """Everything the report shows about one (arch, schedule) run."""
+    """Everything the report shows about one trained net: one (arch, schedule, seed)."""
 
     arch: str
     schedule: Schedule
+    seed: int
     train: dict  # metrics/train/<run>.json
     eval: dict  # metrics/eval/<run>.json
     history: list[EpochRecord]  # metrics/train/<run>.tsv
-    test_images: int  # from the confusion records, one per test image
+    predictions: list[dict[str, str]]  # metrics/eval/<run>-predictions.csv, one row per image
 
     @property
     def name(self) -> str:
-        return f"{self.arch}-{self.schedule.name}"
+        return run_name(self.arch, self.schedule.name, self.seed)
+
+    @property
+    def test_images(self) -> int:
+        return len(self.predictions)
 
     def value(self, row: str) -> float:
         """A results-table row: train/val from the last epoch, test from the evaluation."""
-        return self.eval[row] if row.startswith("test") else self.train[row]
+        return self.eval[row] if row.startswith(("test", "clean_test")) else self.train[row]
+
+    def predicted(self, split: str) -> dict[str, tuple[int, int]]:
+        """Image id -> (label, predicted class) on `split` ("test" or "clean_test")."""
+        return {r["id"]: (int(r["label"]), int(r[split])) for r in self.predictions}
 
 
 def read_json(path: Path) -> dict | list:
@@ -92,23 +108,40 @@ def read_json(path: Path) -> dict | list:
         raise ReportError(f"{path}: not valid JSON ({exc})") from None
 
 
+def read_predictions(path: Path) -> list[dict[str, str]]:
+    try:
+        with path.open(newline="") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise ReportError(f"{path}: not found (run the evaluate stages first)") from None
+
+
 def load_results(params: Params, metrics_dir: Path) -> list[RunResult]:
-    """The results of every (arch, schedule) in params, in params order."""
+    """The results of every (arch, schedule, seed) in params, in params order."""
     results = []
     for arch in params.train.archs:
         for schedule in params.train.schedules.values():
-            name = f"{arch}-{schedule.name}"
-            results.append(
-                RunResult(
-                    arch=arch,
-                    schedule=schedule,
-                    train=read_json(metrics_dir / "train" / f"{name}.json"),
-                    eval=read_json(metrics_dir / "eval" / f"{name}.json"),
-                    history=read_history(metrics_dir / "train" / f"{name}.tsv"),
-                    test_images=len(read_json(metrics_dir / "eval" / f"{name}-confusion.json")),
+            for seed in params.train.seeds:
+                name = run_name(arch, schedule.name, seed)
+                results.append(
+                    RunResult(
+                        arch=arch,
+                        schedule=schedule,
+                        seed=seed,
+                        train=read_json(metrics_dir / "train" / f"{name}.json"),
+                        eval=read_json(metrics_dir / "eval" / f"{name}.json"),
+                        history=read_history(metrics_dir / "train" / f"{name}.tsv"),
+                        predictions=read_predictions(
+                            metrics_dir / "eval" / f"{name}-predictions.csv"
+                        ),
+                    )
                 )
-            )
     return results
+
+
+def cell(runs: list[RunResult], arch: str, schedule: str) -> list[RunResult]:
+    """The runs of one (arch, schedule), in seed order (params order)."""
+    return [r for r in runs if r.arch == arch and r.schedule.name == schedule]
 
 
 def paper_column(schedule: Schedule) -> int | None:
@@ -132,29 +165,40 @@ def schedule_label(schedule: Schedule) -> str:
 # ----------------------------------------------------------------------------- tables
 
 
+def fmt_interval(interval: Interval, signed: bool = False) -> str:
+    """'0.4400 [0.4007, 0.4793]'; the mean alone when one seed gives no interval."""
+    f = "{:+.4f}" if signed else "{:.4f}"
+    if interval.n < 2:
+        return f.format(interval.mean)
+    return f"{f.format(interval.mean)} [{f.format(interval.low)}, {f.format(interval.high)}]"
+
+
 def results_table(runs: list[RunResult]) -> str:
-    """One net's table as the paper prints it (rows = metrics), ours beside the paper's."""
-    header, rule = ["epoch"], ["---"]
-    for run in runs:
-        title = f"{run.schedule.name} ({schedule_label(run.schedule)})"
-        if paper_column(run.schedule) is None:
-            header += [f"{title} ours"]
-            rule += ["---:"]
-        else:
-            header += [f"{title} paper", "ours", "Δ"]
-            rule += ["---:"] * 3
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
+    """One net's results, rows = (metric, schedule): paper, our mean and 95% CI over seeds, the
+    per-seed values, and whether the paper's number lies inside our CI."""
+    lines = [
+        "| metric | schedule | paper | ours: mean [95% CI] | per seed | paper in CI |",
+        "|---|---|---:|---:|---|:---:|",
+    ]
+    schedules = list(dict.fromkeys(r.schedule.name for r in runs))
     for row in ROWS:
-        cells = [row]
-        for run in runs:
-            ours = run.value(row)
-            column = paper_column(run.schedule)
+        for name in schedules:
+            seeds = [r for r in runs if r.schedule.name == name]
+            values = [r.value(row) for r in seeds]
+            interval = t_interval(values)
+            column = paper_column(seeds[0].schedule)
+            label = f"{name} ({schedule_label(seeds[0].schedule)})"
             if column is None:
-                cells.append(f"{ours:.4f}")
+                paper, inside = "-", "-"
             else:
-                paper = PAPER_RESULTS[run.arch][row][column]
-                cells += [f"{paper:.4f}", f"{ours:.4f}", f"{ours - paper:+.4f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+                number = PAPER_RESULTS[seeds[0].arch][row][column]
+                contains = interval.contains(number)
+                paper = f"{number:.4f}"
+                inside = "-" if contains is None else ("yes" if contains else "no")
+            per_seed = ", ".join(f"{v:.4f}" for v in values)
+            lines.append(
+                f"| {row} | {label} | {paper} | {fmt_interval(interval)} | {per_seed} | {inside} |"
+            )
     return "\n".join(lines)
 
 
@@ -173,30 +217,194 @@ def size_table(archs: list[str], width_mult: float, resolution: int) -> str:
     return "\n".join(lines)
 
 
-def robustness_table(runs: list[RunResult]) -> str:
-    """Test accuracy on the clean and on the deformed test images (the paper's test set)."""
+def drop(run: RunResult) -> float:
+    """What the deformations cost one net: deformed minus clean test accuracy (<= 0 usually)."""
+    return run.eval["test_acc"] - run.eval["clean_test_acc"]
+
+
+def robustness_table(params: Params, runs: list[RunResult]) -> str:
+    """Clean and deformed test accuracy and their difference, mean [95% CI] over seeds."""
     lines = [
         "| net | schedule | clean test acc | deformed test acc | Δ (deformed − clean) |",
         "|---|---|---:|---:|---:|",
     ]
-    for run in runs:
-        clean, deformed = run.eval["clean_test_acc"], run.eval["test_acc"]
-        lines.append(
-            f"| {run.arch} | {run.schedule.name} | {clean:.4f} | {deformed:.4f} "
-            f"| {deformed - clean:+.4f} |"
-        )
+    for arch in params.train.archs:
+        for schedule in params.train.schedules:
+            seeds = cell(runs, arch, schedule)
+            clean = t_interval([r.eval["clean_test_acc"] for r in seeds])
+            deformed = t_interval([r.eval["test_acc"] for r in seeds])
+            delta = t_interval([drop(r) for r in seeds])
+            lines.append(
+                f"| {arch} | {schedule} | {fmt_interval(clean)} | {fmt_interval(deformed)} "
+                f"| {fmt_interval(delta, signed=True)} |"
+            )
     return "\n".join(lines)
 
 
-def timing_table(runs: list[RunResult]) -> str:
-    """Training wall time per run, and where it ran."""
-    lines = ["| run | device | epochs | wall time (min) |", "|---|---|---:|---:|"]
-    for run in runs:
-        train = run.train
-        lines.append(
-            f"| {run.name} | {train['device']} | {train['epochs']} "
-            f"| {train['wall_time_s'] / 60:.1f} |"
+# What each comparison measures, per run: the name in the tables and how to read it off a run.
+COMPARED = {
+    "clean test acc": lambda r: r.eval["clean_test_acc"],
+    "deformed test acc": lambda r: r.eval["test_acc"],
+    "deformed − clean": drop,
+}
+
+
+@dataclass
+class Comparison:
+    """Net a against net b on one schedule: paired differences over seeds, McNemar per seed."""
+
+    a: str
+    b: str
+    schedule: str
+    differences: dict[str, Interval]  # COMPARED name -> interval of a − b over seeds
+    mcnemar: list[tuple[int, str, McNemar]]  # (seed, split, McNemar) on the same test images
+
+
+def compare(params: Params, runs: list[RunResult]) -> list[Comparison]:
+    """Every pair of nets on every schedule."""
+    comparisons = []
+    for schedule in params.train.schedules:
+        for a, b in itertools.combinations(params.train.archs, 2):
+            runs_a, runs_b = cell(runs, a, schedule), cell(runs, b, schedule)
+            differences = {
+                what: paired_difference([get(r) for r in runs_a], [get(r) for r in runs_b])
+                for what, get in COMPARED.items()
+            }
+            tests = []
+            for run_a, run_b in zip(runs_a, runs_b, strict=True):
+                for split in ("test", "clean_test"):
+                    tests.append((run_a.seed, split, mcnemar_on_same_images(run_a, run_b, split)))
+            comparisons.append(Comparison(a, b, schedule, differences, tests))
+    return comparisons
+
+
+def mcnemar_on_same_images(run_a: RunResult, run_b: RunResult, split: str) -> McNemar:
+    """McNemar's exact test of two runs, pairing their predictions by image id."""
+    by_id_a, by_id_b = run_a.predicted(split), run_b.predicted(split)
+    if by_id_a.keys() != by_id_b.keys():
+        raise ReportError(
+            f"{run_a.name} and {run_b.name} were scored on different test images: "
+            "rerun their evaluate stages (dvc repro)"
         )
+    ids = sorted(by_id_a)
+    return mcnemar_exact(
+        [by_id_a[i][0] for i in ids], [by_id_a[i][1] for i in ids], [by_id_b[i][1] for i in ids]
+    )
+
+
+def pairs_table(comparisons: list[Comparison]) -> str:
+    """Paired differences a − b over seeds with 95% CIs, one row per pair and schedule."""
+    lines = [
+        "| a − b | schedule | " + " | ".join(f"{what}: mean [95% CI]" for what in COMPARED) + " |",
+        "|---|---|" + "---:|" * len(COMPARED),
+    ]
+    for c in comparisons:
+        cells = [fmt_interval(c.differences[what], signed=True) for what in COMPARED]
+        lines.append(f"| {c.a} − {c.b} | {c.schedule} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def mcnemar_table(comparisons: list[Comparison]) -> str:
+    """McNemar's exact test per pair, schedule, seed and test set, with Holm-adjusted p."""
+    rows = [(c, seed, split, m) for c in comparisons for seed, split, m in c.mcnemar]
+    adjusted = holm([m.p_value for *_, m in rows])
+    lines = [
+        "| a vs b | schedule | seed | test set | only a right | only b right | p | p (Holm) |",
+        "|---|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for (c, seed, split, m), p_holm in zip(rows, adjusted, strict=True):
+        test_set = "deformed" if split == "test" else "clean"
+        mark = " *" if p_holm < ALPHA else ""
+        lines.append(
+            f"| {c.a} vs {c.b} | {c.schedule} | {seed} | {test_set} | {m.only_a} | {m.only_b} "
+            f"| {m.p_value:.4f} | {p_holm:.4f}{mark} |"
+        )
+    significant = sum(p < ALPHA for p in adjusted)
+    lines += [
+        "",
+        f"{len(rows)} McNemar tests; {sum(m.p_value < ALPHA for *_, m in rows)} have p < "
+        f"{ALPHA:g} unadjusted, {significant} after Holm's adjustment (marked *).",
+    ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the two answers
+
+
+def answer(question: str, what: str, comparisons: list[Comparison], seeds: int) -> str:
+    """One plain sentence answering `question` from the deformable net's paired differences
+    `what` against every other net on every schedule: yes when every 95% CI lies above 0, no
+    when none does and some lie below, otherwise a count of each, or "cannot decide"."""
+    ours = [c for c in comparisons if "deformable" in (c.a, c.b)]
+    if not ours:
+        return f"**{question}** Not asked: the deformable net is not in params train.archs."
+    if seeds < 2:
+        return (
+            f"**{question}** The data cannot decide: with one seed per cell there is no "
+            "interval (set train.seeds to several seeds)."
+        )
+    facts, above, below = [], 0, 0
+    for c in ours:
+        diff = c.differences[what]
+        sign = 1 if c.a == "deformable" else -1  # orient as deformable − other
+        other = c.b if c.a == "deformable" else c.a
+        low, high = sorted((sign * diff.low, sign * diff.high))
+        mean = sign * diff.mean
+        above += low > 0
+        below += high < 0
+        facts.append(f"vs {other} on {c.schedule}: {mean:+.4f} [{low:+.4f}, {high:+.4f}]")
+    n = len(ours)
+    if above == n:
+        verdict = "Yes"
+    elif below == n:
+        verdict = "No, it does worse"
+    elif above == 0 and below == 0:
+        verdict = "The data cannot decide: every 95% CI of the difference contains 0"
+    else:
+        verdict = (
+            f"It depends: better in {above}, worse in {below} and undecided in "
+            f"{n - above - below} of {n} comparisons"
+        )
+    return (
+        f"**{question}** {verdict} (deformable − other, {what}, mean [95% CI] over {seeds} "
+        f"seeds: {'; '.join(facts)})."
+    )
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def headline(params: Params, runs: list[RunResult]) -> dict:
+    """metrics/headline.json: per net and schedule, the mean deformed and clean test accuracy
+    over seeds; all that `dvc metrics show` and `dvc exp show` need to compare experiments."""
+    return {
+        arch: {
+            schedule: {
+                "test_acc": round(t_interval([r.eval["test_acc"] for r in seeds]).mean, 4),
+                "clean_test_acc": round(
+                    t_interval([r.eval["clean_test_acc"] for r in seeds]).mean, 4
+                ),
+            }
+            for schedule in params.train.schedules
+            for seeds in [cell(runs, arch, schedule)]
+        }
+        for arch in params.train.archs
+    }
+
+
+def timing_table(params: Params, runs: list[RunResult]) -> str:
+    """Training wall time per (net, schedule), mean over seeds, and where it ran."""
+    lines = [
+        "| net | schedule | device | epochs | mean wall time (min) |",
+        "|---|---|---|---:|---:|",
+    ]
+    for arch in params.train.archs:
+        for schedule in params.train.schedules:
+            seeds = cell(runs, arch, schedule)
+            minutes = math.fsum(r.train["wall_time_s"] for r in seeds) / len(seeds) / 60
+            devices = ", ".join(sorted({r.train["device"] for r in seeds}))
+            epochs = seeds[0].train["epochs"]
+            lines.append(f"| {arch} | {schedule} | {devices} | {epochs} | {minutes:.1f} |")
     return "\n".join(lines)
 
 
@@ -204,27 +412,41 @@ def figure_name(run: RunResult) -> str:
     return f"{run.name}-accuracy.png"
 
 
-# ----------------------------------------------------------------------------- the report
-
-
 def render_report(params: Params, runs: list[RunResult]) -> str:
     """The Markdown of metrics/report.md."""
     model = params.model
     test_images = runs[0].test_images if runs else 0
+    seeds = len(params.train.seeds)
+    comparisons = compare(params, runs)
     out = [
         "# Results beside the paper",
         "",
         f"Our runs: resolution {model.resolution}×{model.resolution} "
         f"(ρ = {model.resolution / PAPER_RESOLUTION:.3g}), width multiplier α = "
         f"{model.width_mult:g}, batch size {params.train.batch_size}, Adam with weight decay "
-        f"{params.train.weight_decay:g}, gradient clipping {params.train.grad_clip:g}, seed "
-        f"{params.train.seed}. The paper trained at 224×224, α = 1, max_lr 0.01/0.001/0.0001 "
-        "for every schedule.",
+        f"{params.train.weight_decay:g}, gradient clipping {params.train.grad_clip:g}, seeds "
+        f"{', '.join(str(s) for s in params.train.seeds)} (one trained net per seed). The "
+        "paper trained one net per cell at 224×224, α = 1, max_lr 0.01/0.001/0.0001 for every "
+        "schedule.",
         "",
         "train_* are the last epoch's means over its (augmented) training batches; val_* and "
         "test_* are scored on the randomly deformed validation and test sets, as in the paper "
         f"({test_images} test images: one image moves test accuracy by "
-        f"{1 / max(test_images, 1):.4f}). Δ = ours − paper.",
+        f"{1 / max(test_images, 1):.4f}). Our numbers are the mean over seeds with a 95% "
+        "Student-t confidence interval; 'paper in CI' says whether the paper's single run "
+        "lies inside it.",
+        "",
+        "## The paper's two questions",
+        "",
+        "- "
+        + answer(
+            "Does the deformable net generalise better?", "clean test acc", comparisons, seeds
+        ),
+        "- " + answer("Does it resist deformation better?", "deformed − clean", comparisons, seeds),
+        "",
+        "Generalisation is read on the clean test images (unseen photos, no deformation); "
+        "resistance is the paired difference of what the deformations cost each net "
+        "(deformed − clean test accuracy). Both compare nets trained from the same seeds.",
     ]
     for arch in params.train.archs:
         arch_runs = [run for run in runs if run.arch == arch]
@@ -232,17 +454,34 @@ def render_report(params: Params, runs: list[RunResult]) -> str:
         out += [f"![{run.name} accuracy](figures/{figure_name(run)})" for run in arch_runs]
     out += [
         "",
+        "## Clean vs deformed test accuracy",
+        "",
+        robustness_table(params, runs),
+        "",
+        "## Pairs of nets: paired differences over seeds",
+        "",
+        pairs_table(comparisons),
+        "",
+        "## Pairs of nets: McNemar's exact test per seed",
+        "",
+        "Each test pairs two nets trained from the same seed on the same test images: "
+        "'only a right' counts the images net a classifies correctly and net b does not. "
+        "Under equal accuracy those discordant images split like fair coin flips.",
+        "",
+        mcnemar_table(comparisons),
+        "",
+        "Multiple comparisons: with many tests at 5%, about one in twenty comes out "
+        "'significant' by chance alone. The Holm column adjusts every p above for all tests of "
+        "this table together; the CIs above are per comparison (95% each), so read a single CI "
+        "that barely excludes 0 among many with caution.",
+        "",
         "## Model size",
         "",
         size_table(params.train.archs, model.width_mult, model.resolution),
         "",
-        "## Clean vs deformed test accuracy",
-        "",
-        robustness_table(runs),
-        "",
         "## Training time",
         "",
-        timing_table(runs),
+        timing_table(params, runs),
         "",
         "## Notes",
         "",
@@ -251,6 +490,8 @@ def render_report(params: Params, runs: list[RunResult]) -> str:
         "train at this fraction of the learning rate. The paper does not state this setting.",
         "- Schedules that are not one of the paper's (other epochs or max_lr) show our numbers "
         "only.",
+        "- CPU results repeat bit for bit on one machine, not across machines (a seed's worth of "
+        "difference): compare CIs, not single numbers.",
         "- Paper numbers are transcribed from the report's tables 4.3.1-4.3.3 and appendix.",
         "",
     ]
@@ -258,14 +499,16 @@ def render_report(params: Params, runs: list[RunResult]) -> str:
 
 
 def run_report(params: Params, metrics_dir: Path = Path("metrics")) -> str:
-    """Write metrics/report.md and metrics/figures/*.png; returns the Markdown."""
+    """Write metrics/report.md, metrics/headline.json and metrics/figures/*.png; returns the
+    Markdown."""
     runs = load_results(params, metrics_dir)
     with atomic_path(metrics_dir / "figures") as folder:
         folder.mkdir()
         for run in runs:
-            title = f"{NET_NAMES[run.arch]}, epochs {schedule_label(run.schedule)}"
+            title = f"{NET_NAMES[run.arch]}, epochs {schedule_label(run.schedule)}, seed {run.seed}"
             plot_accuracy(run.history, folder / figure_name(run), title)
     markdown = render_report(params, runs)
+    write_json(metrics_dir / "headline.json", headline(params, runs))
     with atomic_path(metrics_dir / "report.md") as tmp:
         tmp.write_text(markdown)
     return markdown

@@ -1,16 +1,18 @@
-"""The train stage: train one net on one schedule, write what DVC tracks, log it to MLflow.
+"""The train stage: train one net on one schedule from one seed, write what DVC tracks, log it
+to MLflow.
 
 `run_training` is what `stages/train.py` calls. It reads the prepared splits, builds the net,
 hands both to the engine (`dogbreeds.engine`), then writes the checkpoint
-(`models/<run>.pt`), the metrics JSON and the per-epoch TSV (`metrics/train/<run>.*`) and logs
-params, per-epoch metrics and the history into one MLflow run.
+(`models/<run>.pt`, run = <arch>-<schedule>-seed<n>), the metrics JSON and the per-epoch TSV
+(`metrics/train/<run>.*`) and logs params, per-epoch metrics and the history into one MLflow
+run.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -32,7 +34,7 @@ from dogbreeds.engine import (
 from dogbreeds.fsutil import write_json
 from dogbreeds.history import write_history
 from dogbreeds.models import build_model
-from dogbreeds.params import Params, Schedule, select_run
+from dogbreeds.params import Params, Schedule, for_seed, run_name, select_run
 from dogbreeds.prepared import load_prepared
 from dogbreeds.progress import human_duration
 
@@ -42,24 +44,27 @@ log = logging.getLogger(__name__)
 def run_params(params: Params, arch: str, schedule: Schedule) -> dict:
     """Every param of the study for MLflow, plus this run's own under `run.` for comparing runs
     of different schedules column by column."""
-    run = {"arch": arch, "schedule": schedule.name, "epochs": schedule.epochs}
-    return {**asdict(params), "run": {**run, "max_lr": schedule.max_lr}}
+    run = {"arch": arch, "schedule": schedule.name, "seed": params.train.seed}
+    return {**asdict(params), "run": {**run, "epochs": schedule.epochs, "max_lr": schedule.max_lr}}
 
 
 def run_training(
     params: Params,
     arch: str,
     schedule_name: str,
+    seed: int,
     prepared: Path = Path("data/prepared"),
     models_dir: Path = Path("models"),
     metrics_dir: Path = Path("metrics/train"),
 ) -> dict:
-    """Train one net on one schedule; write checkpoint, metrics JSON and history TSV; log MLflow.
+    """Train one net on one schedule from one seed; write checkpoint, metrics and history; log
+    MLflow.
 
     Returns the metrics JSON's content.
     """
-    schedule = select_run(params, arch, schedule_name)
-    run_name = f"{arch}-{schedule_name}"
+    schedule = select_run(params, arch, schedule_name, seed)
+    params = replace(params, train=for_seed(params.train, seed))  # train.seed: this run's
+    name = run_name(arch, schedule_name, seed)
     device = resolve_device(params.train.device)
     configure_device(device)
     amp = resolve_amp(params.train.amp, device, arch)
@@ -70,7 +75,7 @@ def run_training(
     mean, std = channel_stats(train.images)
     normalize = Normalize(mean, std, device)
     train, val = train.to(device), val.to(device)
-    torch.manual_seed(params.train.seed)  # the initial weights
+    torch.manual_seed(seed)  # the initial weights
     model = build_model(
         arch,
         num_classes=len(train.breeds),
@@ -79,9 +84,10 @@ def run_training(
     )
     model = prepare_model(model, device)
     info = runtime(device, amp, backend if arch == "deformable" else None)
-    log.info("%s: %d train, %d val images; %s", run_name, len(train.ids), len(val.ids), info)
+    log.info("%s: %d train, %d val images; %s", name, len(train.ids), len(val.ids), info)
 
-    with tracking.training_run(run_name, tracking.run_tags(arch, schedule_name)) as run:
+    tags = {**tracking.run_tags(arch, schedule_name), "seed": str(seed)}
+    with tracking.training_run(name, tags) as run:
         run.log_params(run_params(params, arch, schedule))
         run.set_tags({f"runtime.{k}": v for k, v in info.items()})
         started = time.perf_counter()
@@ -89,7 +95,7 @@ def run_training(
             model, train, val, normalize, schedule, params.train,
             params.model.deformable.offset_lr_mult,
             on_epoch=lambda r: run.log_metrics(r.metrics(), step=r.epoch),
-            desc=run_name, dtype=AMP_DTYPES[amp],
+            desc=name, dtype=AMP_DTYPES[amp],
         )  # fmt: skip
         wall_time = time.perf_counter() - started
         last = history[-1]
@@ -106,6 +112,7 @@ def run_training(
         meta = {
             "arch": arch,
             "schedule": schedule_name,
+            "seed": seed,
             "width_mult": params.model.width_mult,
             "resolution": params.model.resolution,
             "deform_backend": backend,
@@ -115,11 +122,11 @@ def run_training(
             "std": std,
             "history": [asdict(r) for r in history],
         }
-        save_checkpoint(models_dir / f"{run_name}.pt", model, meta)
-        write_history(metrics_dir / f"{run_name}.tsv", history)
-        write_json(metrics_dir / f"{run_name}.json", summary)
+        save_checkpoint(models_dir / f"{name}.pt", model, meta)
+        write_history(metrics_dir / f"{name}.tsv", history)
+        write_json(metrics_dir / f"{name}.json", summary)
 
         run.log_metrics({"wall_time_s": wall_time})
-        run.log_artifact(metrics_dir / f"{run_name}.tsv")  # MLflow charts the curves itself
-    log.info("%s: done in %s, val acc %.4f", run_name, human_duration(wall_time), last.val_acc)
+        run.log_artifact(metrics_dir / f"{name}.tsv")  # MLflow charts the curves itself
+    log.info("%s: done in %s, val acc %.4f", name, human_duration(wall_time), last.val_acc)
     return summary

@@ -16,8 +16,11 @@ from dogbreeds.checkpoint import CheckpointError, save_checkpoint
 from dogbreeds.fsutil import write_json
 from dogbreeds.models import build_model
 from dogbreeds.prepared import load_split
+from dogbreeds.robustness import make_robustness_sets
 
 BIASED_CLASS = 2  # the constant net below always predicts this breed
+# Two kinds at two strengths keep the robustness sets small.
+PARAMS = tiny_params(**{"robustness.kinds": ["elastic", "all"], "robustness.strengths": [0, 1]})
 
 
 def constant_net_checkpoint(path: Path, breeds: list[str]) -> torch.Tensor:
@@ -58,9 +61,12 @@ def evaluated(prepared, tmp_path, monkeypatch):
     run = tracking.start_run("cnn-tiny-seed0", {"arch": "cnn"})
     write_json(tmp_path / "metrics/train/cnn-tiny-seed0.json", {"mlflow_run_id": run.run_id})
 
+    robustness = PARAMS.robustness
+    make_robustness_sets(PARAMS.deform, robustness.kinds, robustness.strengths, prepared)
+
     def evaluate_now() -> dict:
         return evaluate.run_evaluation(
-            tiny_params(), "cnn", "tiny", 0, prepared=prepared, models_dir=tmp_path / "models"
+            PARAMS, "cnn", "tiny", 0, prepared=prepared, models_dir=tmp_path / "models"
         )
 
     return evaluate_now, run, log_probs, breeds
@@ -94,6 +100,9 @@ def test_a_known_net_scores_as_expected(evaluated, tmp_path):
     assert [int(r["label"]) for r in rows] == labels.tolist()
     assert {int(r["test"]) for r in rows} == {int(r["clean_test"]) for r in rows} == {BIASED_CLASS}
 
+    curves = json.loads((tmp_path / "metrics/eval/cnn-tiny-seed0-robustness.json").read_text())
+    assert curves == {kind: {"0": expected_acc, "1": expected_acc} for kind in ("elastic", "all")}
+
 
 def test_test_metrics_land_in_the_training_run(evaluated):
     evaluate_now, run, _, breeds = evaluated
@@ -103,6 +112,8 @@ def test_test_metrics_land_in_the_training_run(evaluated):
     assert logged.data.metrics["test_acc"] == pytest.approx(results["test_acc"])
     assert logged.data.metrics["clean_test_loss"] == pytest.approx(results["clean_test_loss"])
     assert f"test_acc_{breeds[BIASED_CLASS]}" in logged.data.metrics
+    curve = run.client.get_metric_history(run.run_id, "robust_acc_elastic")
+    assert sorted(m.step for m in curve) == [0, 100]  # step = strength x 100
     artifacts = {a.path for a in run.client.list_artifacts(run.run_id)}
     assert artifacts == {"cnn-tiny-seed0-confusion.png", "cnn-tiny-seed0-confusion.json"}
 

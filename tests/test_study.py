@@ -19,8 +19,20 @@ pytestmark = pytest.mark.slow
 
 ARCHS = ("cnn", "dsc", "deformable")
 SCHEDULES = ("s20_14_6", "s50_7_3", "s50_14_6")
-DATA_STAGES = {"download", "merge", "split", "deform", "preview"}
-RUN_NAMES = {f"{arch}-{schedule}" for arch in ARCHS for schedule in SCHEDULES}
+DATA_STAGES = {"download", "merge", "split", "deform", "preview", "robustness"}
+CELLS = {f"{arch}-{schedule}" for arch in ARCHS for schedule in SCHEDULES}
+
+
+def runs_of(seed: int, cells=CELLS) -> set[str]:
+    """MLflow run names of one seed: cnn-s20_14_6-seed0, ..."""
+    return {f"{c}-seed{seed}" for c in cells}
+
+
+def stages_of(seed: int, cells=CELLS, kinds=("train", "evaluate")) -> set[str]:
+    """DVC stage names of one seed: the matrix names them train@cnn-s20_14_6-0, ..."""
+    return {f"{kind}@{c}-{seed}" for kind in kinds for c in cells}
+
+
 # 32-pixel nets are too small to gain from intra-op threads, which only contend on 2 cores.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
@@ -49,16 +61,12 @@ def commit(repo: Path, message: str) -> None:
 
 
 def test_study_reruns_only_what_changed_and_tracks_every_run(project: Path):
-    # 1. The whole study: data stages, 9 trainings, 9 evaluations, the report.
+    # 1. The paper's study, one seed per cell: data stages, 9 trainings, 9 evaluations, report.
+    set_params(project, **{"train.seeds": [0]})
     first = run(["dvc", "repro"], project, env=ONE_THREAD)
-    assert ran(first) == (
-        DATA_STAGES
-        | {f"train@{name}" for name in RUN_NAMES}
-        | {f"evaluate@{name}" for name in RUN_NAMES}
-        | {"report"}
-    )
+    assert ran(first) == DATA_STAGES | stages_of(0) | {"report"}
     runs = tracked_runs(project)
-    assert {r.info.run_name for r in runs} == RUN_NAMES and len(runs) == 9
+    assert {r.info.run_name for r in runs} == runs_of(0) and len(runs) == 9
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     for r in runs:
         history = client.get_metric_history(r.info.run_id, "val_acc")
@@ -71,6 +79,10 @@ def test_study_reruns_only_what_changed_and_tracks_every_run(project: Path):
     for net in ("CNN", "DSC", "DeformableCNN"):
         assert f"## DogBreedClassification{net}" in report
     assert len(list((project / "metrics/figures").glob("*.png"))) == 9
+    assert "with one seed per cell there is no interval" in report
+    # DVC's metrics are the small headline file only: mean test accuracies per net and schedule
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
+    assert list(shown[""]["data"]) == ["metrics/headline.json"]
 
     # 2. Nothing changed: nothing runs.
     assert ran(run(["dvc", "repro"], project, env=ONE_THREAD)) == set()
@@ -83,19 +95,29 @@ def test_study_reruns_only_what_changed_and_tracks_every_run(project: Path):
         path.write_text(path.read_text() + "\n# an edit that changes no number\n")
     assert not stale_trainings(project)
     set_params(project, **{"model.deformable.offset_lr_mult": 0.2})
-    assert stale_trainings(project) == {f"train@deformable-{s}" for s in SCHEDULES}
+    assert stale_trainings(project) == {f"train@deformable-{s}-0" for s in SCHEDULES}
     run(["git", "checkout", "--", "."], project)
 
     # 3. One schedule's max_lr: its three trainings, their evaluations and the report.
     set_params(project, **{"train.schedules.s50_7_3.max_lr": [0.02, 0.002, 0.0002]})
     changed = run(["dvc", "repro"], project, env=ONE_THREAD)
-    assert ran(changed) == (
-        {f"train@{arch}-s50_7_3" for arch in ARCHS}
-        | {f"evaluate@{arch}-s50_7_3" for arch in ARCHS}
-        | {"report"}
-    )
+    assert ran(changed) == stages_of(0, {f"{arch}-s50_7_3" for arch in ARCHS}) | {"report"}
     assert len(tracked_runs(project)) == 12
     commit(project, "hotter s50_7_3")
+
+    # 3b. A second seed trains and evaluates only that seed's nets; the report gets CIs,
+    # McNemar tests and both answers.
+    set_params(project, **{"train.seeds": [0, 1]})
+    assert stale_trainings(project) == stages_of(1, kinds=("train",))
+    second_seed = run(["dvc", "repro"], project, env=ONE_THREAD)
+    assert ran(second_seed) == stages_of(1) | {"report"}
+    assert runs_of(1) <= {r.info.run_name for r in tracked_runs(project)}
+    report = (project / "metrics/report.md").read_text()
+    assert "## Pairs of nets: McNemar's exact test per seed" in report
+    assert "**Does the deformable net generalise better?**" in report
+    assert "**Does it resist deformation better?**" in report
+    assert "one seed per cell" not in report
+    commit(project, "a second seed")
 
     # 4. An experiment in a temporary copy (DVC sets DVC_ROOT) logs into this repo's store.
     experiment = run(
@@ -109,16 +131,18 @@ def test_study_reruns_only_what_changed_and_tracks_every_run(project: Path):
             "-S",
             "train.archs=[cnn]",
             "-S",
+            "train.seeds=[0]",
+            "-S",
             "train.schedules.s20_14_6.max_lr=[0.005,0.0005,0.00005]",
         ],
         project,
         env=ONE_THREAD,
     )
-    assert ran(experiment) == {"train@cnn-s20_14_6", "evaluate@cnn-s20_14_6", "report"}
+    assert ran(experiment) == stages_of(0, {"cnn-s20_14_6"}) | {"report"}
     from_exp = [r for r in tracked_runs(project) if r.data.tags.get("dvc_exp_name") == "cool-cnn"]
-    assert [r.info.run_name for r in from_exp] == ["cnn-s20_14_6"]
+    assert [r.info.run_name for r in from_exp] == ["cnn-s20_14_6-seed0"]
     assert "test_acc" in from_exp[0].data.metrics  # the evaluation found the training's run
     artifacts = project / "mlartifacts" / from_exp[0].info.run_id / "artifacts"
-    assert (artifacts / "cnn-s20_14_6-confusion.png").exists()  # survived the temporary copy
+    assert (artifacts / "cnn-s20_14_6-seed0-confusion.png").exists()  # survived the temporary copy
     shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], project).stdout
     assert "cool-cnn" in shown

@@ -4,6 +4,7 @@ The paper scores its nets on a randomly *deformed* test set; we score that one (
 beside the paper's) and the same images undeformed, so the cost of the deformations shows.
 `run_evaluation` is what `stages/evaluate.py` calls: it writes the scores as JSON, every test
 image's predicted class (clean and deformed) as CSV for the report's paired tests, the
+accuracy on every robustness set (`dogbreeds.robustness`) as `<run>-robustness.json`, the
 confusion matrix as DVC's confusion-template JSON and as a PNG, and logs the test metrics into
 the MLflow run that trained the net.
 """
@@ -32,7 +33,7 @@ from dogbreeds.engine import (
 from dogbreeds.fsutil import atomic_path, write_json
 from dogbreeds.params import Params, run_name, select_run
 from dogbreeds.plots import plot_confusion
-from dogbreeds.prepared import load_split
+from dogbreeds.prepared import load_split, robustness_file
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,26 @@ def write_predictions(
         writer.writerows([image_id, *row] for image_id, *row in zip(ids, *columns, strict=True))
 
 
+def robustness_curves(
+    params: Params,
+    model: torch.nn.Module,
+    breeds: list[str],
+    normalize: Normalize,
+    folder: Path,
+) -> dict[str, dict[str, float]]:
+    """Test accuracy on every robustness set: {kind: {strength: acc}} (strengths as "%g")."""
+    curves: dict[str, dict[str, float]] = {}
+    for kind in params.robustness.kinds:
+        curves[kind] = {}
+        for strength in params.robustness.strengths:
+            path = folder / robustness_file(kind, strength)
+            log_probs, labels = predict_split(
+                model, path, breeds, normalize, params.train.batch_size
+            )
+            curves[kind][f"{strength:g}"] = score(log_probs, labels)[1]
+    return curves
+
+
 def trained_run_id(train_metrics: Path) -> str:
     """The MLflow run id that the train stage stored in its metrics JSON."""
     try:
@@ -123,6 +144,7 @@ def run_evaluation(
     models_dir: Path = Path("models"),
     train_metrics_dir: Path = Path("metrics/train"),
     metrics_dir: Path = Path("metrics/eval"),
+    robustness_dir: Path = Path("data/robustness"),
 ) -> dict:
     """Score one trained net on test (deformed), clean test and val; write scores and
     predictions; log MLflow.
@@ -160,6 +182,8 @@ def run_evaluation(
         results["val_acc"],
     )
 
+    curves = robustness_curves(params, model, breeds, normalize, robustness_dir)
+
     trained_in = trained_run_id(train_metrics_dir / f"{name}.json")
     tags = {**tracking.run_tags(arch, schedule_name), "seed": str(seed)}
     run = tracking.resume_run(trained_in, name, tags)
@@ -184,11 +208,15 @@ def run_evaluation(
         title = f"{name}: deformed test, acc {results['test_acc']:.4f}"
         plot_confusion(confusion, breeds, tmp, title)
     write_json(metrics_dir / f"{name}.json", results)
+    write_json(metrics_dir / f"{name}-robustness.json", curves)
 
     # test metrics only: val_* would clash with the training's per-epoch series of that name
     flat = {k: v for k, v in results.items() if k.startswith(("test_", "clean_test_"))}
     flat.update({f"test_acc_{b}": acc for b, acc in results["per_class_test_acc"].items()})
     run.log_metrics(flat)
+    for kind, curve in curves.items():  # one series per kind; step = strength x 100
+        for strength, acc in curve.items():
+            run.log_metrics({f"robust_acc_{kind}": acc}, step=round(float(strength) * 100))
     run.log_artifact(confusion_png)
     run.log_artifact(confusion_json)
     return results

@@ -20,6 +20,7 @@ SOURCES = ("stanford", "dbi", "synthetic")
 DEFORM_BACKENDS = ("auto", "reference", "gather", "torchvision")  # deformconv.BACKENDS
 DEVICES = ("auto", "cpu", "cuda")
 AMPS = ("auto", "off", "bf16", "fp16")
+ROBUSTNESS_KINDS = ("affine", "perspective", "elastic", "all")
 
 
 class ParamsError(DogbreedsError):
@@ -128,6 +129,14 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
+class RobustnessParams:
+    """Robustness curves: the test set deformed by each kind at each strength (x deform)."""
+
+    kinds: list[str]
+    strengths: list[float]
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams
     merge: MergeParams
@@ -135,6 +144,7 @@ class Params:
     deform: DeformParams
     model: ModelParams
     train: TrainParams
+    robustness: RobustnessParams
 
 
 def _get(tree: dict, key: str) -> Any:
@@ -309,7 +319,29 @@ def parse_params(tree: dict) -> Params:
             crop_scale=_num(tree, "train.augment.crop_scale", float, 0, 1, lo_open=True),
         ),
     )
-    return Params(data=data, merge=merge, split=split, deform=deform, model=model, train=train)
+    strengths = _get(tree, "robustness.strengths")
+    if not isinstance(strengths, list) or not strengths:
+        raise ParamsError("params: 'robustness.strengths' must be a non-empty list")
+    for value in strengths:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ParamsError(
+                f"params: 'robustness.strengths' must hold numbers >= 0, got {value!r}"
+            )
+    if len(set(strengths)) != len(strengths):
+        raise ParamsError(f"params: 'robustness.strengths' lists a value twice: {strengths}")
+    robustness = RobustnessParams(
+        kinds=_choices(tree, "robustness.kinds", ROBUSTNESS_KINDS),
+        strengths=[float(v) for v in strengths],
+    )
+    return Params(
+        data=data,
+        merge=merge,
+        split=split,
+        deform=deform,
+        model=model,
+        train=train,
+        robustness=robustness,
+    )
 
 
 class RunSelectionError(ParamsError):

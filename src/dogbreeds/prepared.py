@@ -24,6 +24,12 @@ SPLIT_FILES = {
 }
 
 
+def robustness_file(kind: str, strength: float) -> str:
+    """File name of one robustness set (see dogbreeds.robustness): the clean test images
+    deformed by `kind` at `strength`, in this module's format. e.g. elastic-0.25.pt"""
+    return f"{kind}-{strength:g}.pt"
+
+
 class PreparedDataError(DogbreedsError):
     """A prepared split is missing or malformed; the message names the file."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from dataclasses import replace
@@ -26,9 +27,14 @@ SCHEDULES = {
 IMAGES = 40  # test images per run
 
 
+KINDS = ("elastic", "all")
+STRENGTHS = (0.0, 1.0, 2.0)
+
+
 def write_run(metrics: Path, name: str, offset: float, epochs: int, right: int) -> None:
-    """Fake train/eval outputs of one run whose numbers are all `offset` + a row constant, and
-    predictions that are right on the first `right` test images (deformed and clean)."""
+    """Fake train/eval outputs of one run whose numbers are all `offset` + a row constant,
+    predictions that are right on the first `right` test images (deformed and clean), and
+    robustness curves falling by 0.1 per unit of strength from 0.6 + offset."""
     history = [
         EpochRecord(e, min(e, 3), 1e-3, 1.0, 0.5 + offset, 1.1, 0.4 + offset)
         for e in range(1, epochs + 1)
@@ -62,6 +68,8 @@ def write_run(metrics: Path, name: str, offset: float, epochs: int, right: int) 
     rows = ["id,label,test,clean_test"]
     rows += [f"img{i},1,{1 if i < right else 2},{1 if i < right else 2}" for i in range(IMAGES)]
     (metrics / "eval" / f"{name}-predictions.csv").write_text("\n".join(rows) + "\n")
+    curves = {k: {f"{s:g}": 0.6 + offset - 0.1 * s for s in STRENGTHS} for k in KINDS}
+    write_json(metrics / "eval" / f"{name}-robustness.json", curves)
 
 
 SEEDS = [0, 1, 2]
@@ -75,7 +83,13 @@ def study(tmp_path):
     The deformable net is 0.1 better than cnn on deformed test accuracy on every seed (and
     right on 30 rather than 10 of the 40 test images); clean accuracy is equal."""
     params = tiny_params(
-        **{"train.archs": ["cnn", "deformable"], "train.schedules": SCHEDULES, "train.seeds": SEEDS}
+        **{
+            "train.archs": ["cnn", "deformable"],
+            "train.schedules": SCHEDULES,
+            "train.seeds": SEEDS,
+            "robustness.kinds": list(KINDS),
+            "robustness.strengths": list(STRENGTHS),
+        }
     )
     for arch, offset, right in (("cnn", 0.0, 10), ("deformable", 0.1, 30)):
         for name, schedule in SCHEDULES.items():
@@ -141,6 +155,28 @@ def test_pairs_get_paired_differences_mcnemar_and_the_two_answers(study):
     assert "vs cnn on s20_14_6: +0.1000 [+0.1000, +0.1000]" in answers
 
 
+def test_robustness_curves_average_over_seeds(study):
+    params, metrics = study
+    markdown = report.run_report(params, metrics)
+
+    with (metrics / "robustness.tsv").open(newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert len(rows) == len(SCHEDULES) * len(KINDS) * 2 * len(STRENGTHS)  # 2 nets
+    (row,) = [
+        r
+        for r in rows
+        if (r["schedule"], r["kind"], r["arch"], r["strength"]) == ("hot", "all", "cnn", "2.0")
+    ]
+    # seeds 0.6 - 0.2 + (0, 0.02, 0.04): mean 0.42, sd 0.02
+    half = scipy_stats.t.ppf(0.975, 2) * 0.02 / math.sqrt(3)
+    assert float(row["mean"]) == pytest.approx(0.42)
+    assert float(row["low"]) == pytest.approx(0.42 - half)
+    assert row["seeds"] == "0.4000, 0.4200, 0.4400" and row["n"] == "3"
+    assert "![robustness](figures/robustness.png)" in markdown
+    at_one = f"0.5200 [{0.52 - half:.4f}, {0.52 + half:.4f}]"
+    assert f"| cnn | hot | all | {at_one} | 0.4200 [" in markdown
+
+
 def test_one_seed_cannot_decide(study):
     params, metrics = study
     params = replace(params, train=replace(params.train, seeds=[0]))
@@ -169,10 +205,13 @@ def test_one_accuracy_figure_per_run(study):
 
     figures = sorted(p.name for p in (metrics / "figures").iterdir())
     assert figures == sorted(
-        f"{a}-{s}-seed{n}-accuracy.png"
-        for a in ("cnn", "deformable")
-        for s in ("s20_14_6", "hot")
-        for n in SEEDS
+        [
+            f"{a}-{s}-seed{n}-accuracy.png"
+            for a in ("cnn", "deformable")
+            for s in ("s20_14_6", "hot")
+            for n in SEEDS
+        ]
+        + ["robustness.png"]
     )
     assert all((metrics / "figures" / f).read_bytes()[:4] == b"\x89PNG" for f in figures)
     assert "![cnn-hot-seed1 accuracy](figures/cnn-hot-seed1-accuracy.png)" in markdown

@@ -89,3 +89,38 @@ def save_preview(deformed: Split, clean: Split, count: int, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_robustness(curves: pd.DataFrame, path: Path) -> None:
+    """Accuracy against deformation strength: one panel per (schedule, kind), one line per net,
+    the 95% CI over seeds as a band. `curves` has the columns of the report's robustness TSV:
+    schedule, kind, arch, strength, mean, low, high (low/high NaN with one seed: no band)."""
+    schedules = list(dict.fromkeys(curves["schedule"]))
+    kinds = list(dict.fromkeys(curves["kind"]))
+    fig, axes = plt.subplots(
+        len(schedules),
+        len(kinds),
+        figsize=(3.2 * len(kinds), 2.8 * len(schedules)),
+        sharex=True,
+        sharey=True,
+        squeeze=False,
+    )
+    for row, schedule in enumerate(schedules):
+        for col, kind in enumerate(kinds):
+            ax = axes[row][col]
+            panel = curves[(curves["schedule"] == schedule) & (curves["kind"] == kind)]
+            for arch, line in panel.groupby("arch", sort=False):
+                line = line.sort_values("strength")
+                ax.plot(line["strength"], line["mean"], "-o", markersize=3, label=arch)
+                ax.fill_between(line["strength"], line["low"], line["high"], alpha=0.2)
+            ax.set_title(f"{schedule}: {kind}", fontsize=9)
+            ax.grid(alpha=0.3)
+            if row == len(schedules) - 1:
+                ax.set_xlabel("deformation strength")
+            if col == 0:
+                ax.set_ylabel("test accuracy")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -17,12 +17,14 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from dogbreeds import DogbreedsError
 from dogbreeds.fsutil import atomic_path, write_json
 from dogbreeds.history import EpochRecord, read_history
 from dogbreeds.models import MODELS, net_size
 from dogbreeds.params import Params, Schedule, run_name
-from dogbreeds.plots import plot_accuracy
+from dogbreeds.plots import plot_accuracy, plot_robustness
 from dogbreeds.stats import Interval, McNemar, holm, mcnemar_exact, paired_difference, t_interval
 
 # ----------------------------------------------------------------------------- the paper's data
@@ -81,6 +83,7 @@ class RunResult:
     eval: dict  # metrics/eval/<run>.json
     history: list[EpochRecord]  # metrics/train/<run>.tsv
     predictions: list[dict[str, str]]  # metrics/eval/<run>-predictions.csv, one row per image
+    robustness: dict  # metrics/eval/<run>-robustness.json: {kind: {strength: acc}}
 
     @property
     def name(self) -> str:
@@ -134,6 +137,7 @@ def load_results(params: Params, metrics_dir: Path) -> list[RunResult]:
                         predictions=read_predictions(
                             metrics_dir / "eval" / f"{name}-predictions.csv"
                         ),
+                        robustness=read_json(metrics_dir / "eval" / f"{name}-robustness.json"),
                     )
                 )
     return results
@@ -239,6 +243,74 @@ def robustness_table(params: Params, runs: list[RunResult]) -> str:
                 f"| {fmt_interval(delta, signed=True)} |"
             )
     return "\n".join(lines)
+
+
+ROBUSTNESS_COLUMNS = ("schedule", "kind", "arch", "strength", "mean", "low", "high", "n", "seeds")
+
+
+def robustness_curves(params: Params, runs: list[RunResult]) -> list[dict]:
+    """Mean test accuracy and 95% CI over seeds per (schedule, kind, arch, strength): the rows
+    of metrics/robustness.tsv (a DVC plot) and of the robustness figure."""
+    rows = []
+    for schedule in params.train.schedules:
+        for kind in params.robustness.kinds:
+            for arch in params.train.archs:
+                seeds = cell(runs, arch, schedule)
+                for strength in params.robustness.strengths:
+                    key = f"{strength:g}"
+                    try:
+                        values = [r.robustness[kind][key] for r in seeds]
+                    except KeyError:
+                        raise ReportError(
+                            f"metrics/eval/{seeds[0].name}-robustness.json: no {kind} at "
+                            f"strength {key} (rerun the evaluate stages: dvc repro)"
+                        ) from None
+                    interval = t_interval(values)
+                    rows.append(
+                        {
+                            "schedule": schedule,
+                            "kind": kind,
+                            "arch": arch,
+                            "strength": strength,
+                            "mean": interval.mean,
+                            "low": interval.low,
+                            "high": interval.high,
+                            "n": interval.n,
+                            "seeds": ", ".join(f"{v:.4f}" for v in values),
+                        }
+                    )
+    return rows
+
+
+def robustness_curves_table(rows: list[dict], strengths: tuple[float, ...] = (1.0, 2.0)) -> str:
+    """Test accuracy per net, schedule and kind at the study's strength (1) and twice it."""
+    shown = [s for s in strengths if any(r["strength"] == s for r in rows)]
+    lines = [
+        "| net | schedule | kind | "
+        + " | ".join(f"strength {s:g}: mean [95% CI]" for s in shown)
+        + " |",
+        "|---|---|---|" + "---:|" * len(shown),
+    ]
+    keys = list(dict.fromkeys((r["arch"], r["schedule"], r["kind"]) for r in rows))
+    for arch, schedule, kind in sorted(keys, key=lambda k: (k[1], k[2])):
+        cells = []
+        for strength in shown:
+            (row,) = [
+                r
+                for r in rows
+                if (r["arch"], r["schedule"], r["kind"], r["strength"])
+                == (arch, schedule, kind, strength)
+            ]
+            cells.append(fmt_interval(Interval(row["mean"], row["low"], row["high"], row["n"])))
+        lines.append(f"| {arch} | {schedule} | {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_tsv(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, columns, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 # What each comparison measures, per run: the name in the tables and how to read it off a run.
@@ -412,7 +484,7 @@ def figure_name(run: RunResult) -> str:
     return f"{run.name}-accuracy.png"
 
 
-def render_report(params: Params, runs: list[RunResult]) -> str:
+def render_report(params: Params, runs: list[RunResult], curves: list[dict]) -> str:
     """The Markdown of metrics/report.md."""
     model = params.model
     test_images = runs[0].test_images if runs else 0
@@ -458,6 +530,17 @@ def render_report(params: Params, runs: list[RunResult]) -> str:
         "",
         robustness_table(params, runs),
         "",
+        "## Robustness curves",
+        "",
+        "Accuracy on the clean test images deformed by each kind alone (on every image) and by "
+        "all together (the study's pipeline), at strengths × the study's `deform` magnitudes: "
+        "0 is the clean test set, 1 with `all` the study's deformed test set. Bands are 95% CIs "
+        "over seeds; the numbers are in `metrics/robustness.tsv`.",
+        "",
+        "![robustness](figures/robustness.png)",
+        "",
+        robustness_curves_table(curves),
+        "",
         "## Pairs of nets: paired differences over seeds",
         "",
         pairs_table(comparisons),
@@ -499,16 +582,19 @@ def render_report(params: Params, runs: list[RunResult]) -> str:
 
 
 def run_report(params: Params, metrics_dir: Path = Path("metrics")) -> str:
-    """Write metrics/report.md, metrics/headline.json and metrics/figures/*.png; returns the
-    Markdown."""
+    """Write metrics/report.md, metrics/headline.json, metrics/robustness.tsv and
+    metrics/figures/*.png (accuracy curves per run, robustness.png); returns the Markdown."""
     runs = load_results(params, metrics_dir)
+    curves = robustness_curves(params, runs)
     with atomic_path(metrics_dir / "figures") as folder:
         folder.mkdir()
+        plot_robustness(pd.DataFrame(curves), folder / "robustness.png")
         for run in runs:
             title = f"{NET_NAMES[run.arch]}, epochs {schedule_label(run.schedule)}, seed {run.seed}"
             plot_accuracy(run.history, folder / figure_name(run), title)
-    markdown = render_report(params, runs)
+    markdown = render_report(params, runs, curves)
     write_json(metrics_dir / "headline.json", headline(params, runs))
+    write_tsv(metrics_dir / "robustness.tsv", curves, ROBUSTNESS_COLUMNS)
     with atomic_path(metrics_dir / "report.md") as tmp:
         tmp.write_text(markdown)
     return markdown

@@ -101,6 +101,14 @@ def study(tmp_path):
                     sum(schedule["epochs"]),
                     right,
                 )
+    offsets = {
+        f"deformable-{name}-seed{seed}": {
+            "features.3": {"clean": 0.5 + SPREAD[seed], "deformed": 0.7 + SPREAD[seed]}
+        }
+        for name in SCHEDULES
+        for seed in SEEDS
+    }
+    write_json(tmp_path / "metrics" / "offsets" / "offsets.json", offsets)
     return params, tmp_path / "metrics"
 
 
@@ -175,6 +183,16 @@ def test_robustness_curves_average_over_seeds(study):
     assert "![robustness](figures/robustness.png)" in markdown
     at_one = f"0.5200 [{0.52 - half:.4f}, {0.52 + half:.4f}]"
     assert f"| cnn | hot | all | {at_one} | 0.4200 [" in markdown
+
+
+def test_offsets_clean_vs_deformed_over_seeds(study):
+    params, metrics = study
+    markdown = report.run_report(params, metrics)
+
+    table = section(markdown, "## Learned offsets")
+    assert "| hot | features.3 | 0.5200 [" in table
+    assert "| +0.2000 [+0.2000, +0.2000] |" in table  # deformed − clean, the same on every seed
+    assert "They grow on deformed images in 2, shrink in 0 and are undecided in 0 of 2" in table
 
 
 def test_one_seed_cannot_decide(study):

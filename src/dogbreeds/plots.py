@@ -124,3 +124,40 @@ def plot_robustness(curves: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_sampling_positions(
+    image_rows: list[torch.Tensor],
+    position_rows: list[list[dict[str, torch.Tensor]]],
+    row_titles: list[str],
+    path: Path,
+    title: str,
+) -> None:
+    """Images (uint8, one row per entry of image_rows) with each DeformConv layer's sampling
+    positions drawn over them in its own colour, like the DCN paper's Fig. 5.
+    position_rows[r][i] maps layer name -> (K*K, 2) (y, x) image pixels for image i of row r."""
+    cols = max(len(images) for images in image_rows)
+    fig, axes = plt.subplots(
+        len(image_rows), cols, figsize=(1.9 * cols, 2.1 * len(image_rows)), squeeze=False
+    )
+    for r, (images, positions) in enumerate(zip(image_rows, position_rows, strict=True)):
+        for i in range(cols):
+            ax = axes[r][i]
+            ax.axis("off")
+            if i >= len(images):
+                continue
+            side = images[i].shape[-1]
+            ax.imshow(images[i].permute(1, 2, 0).numpy())
+            for layer, points in positions[i].items():
+                ax.scatter(points[:, 1], points[:, 0], s=8, label=layer)
+            ax.set_xlim(-0.5, side - 0.5)  # taps outside the image (zeros there) are not drawn
+            ax.set_ylim(side - 0.5, -0.5)
+            if i == 0:
+                ax.set_title(row_titles[r], fontsize=9, loc="left")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -313,6 +313,43 @@ def write_tsv(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
         writer.writerows(rows)
 
 
+def offsets_table(params: Params, offsets: dict) -> tuple[str, str]:
+    """Mean |offset| per DeformConv layer of the deformable nets, clean vs deformed, mean [95%
+    CI] over seeds with the paired difference; and one sentence: do offsets grow on deformed
+    images? (metrics/offsets/offsets.json, from the offsets stage)."""
+    lines = [
+        "| schedule | layer | clean: mean [95% CI] | deformed: mean [95% CI] | deformed − clean |",
+        "|---|---|---:|---:|---:|",
+    ]
+    grow = shrink = total = 0
+    for schedule in params.train.schedules:
+        names = [run_name("deformable", schedule, seed) for seed in params.train.seeds]
+        runs = [offsets[name] for name in names if name in offsets]
+        if not runs:
+            continue
+        for layer in runs[0]:
+            clean = [r[layer]["clean"] for r in runs]
+            deformed = [r[layer]["deformed"] for r in runs]
+            diff = paired_difference(deformed, clean)
+            total += 1
+            grow += diff.low > 0
+            shrink += diff.high < 0
+            lines.append(
+                f"| {schedule} | {layer} | {fmt_interval(t_interval(clean))} "
+                f"| {fmt_interval(t_interval(deformed))} | {fmt_interval(diff, signed=True)} |"
+            )
+    if total == 0:
+        return "", "No deformable net in params train.archs: no offsets to show."
+    if len(params.train.seeds) < 2:
+        verdict = "cannot be decided with one seed per cell"
+    else:
+        verdict = (
+            f"grow on deformed images in {grow}, shrink in {shrink} and are undecided in "
+            f"{total - grow - shrink} of {total} (schedule, layer) cells (paired 95% CIs)"
+        )
+    return "\n".join(lines), f"**Do offsets grow on deformed images?** They {verdict}."
+
+
 # What each comparison measures, per run: the name in the tables and how to read it off a run.
 COMPARED = {
     "clean test acc": lambda r: r.eval["clean_test_acc"],
@@ -484,8 +521,9 @@ def figure_name(run: RunResult) -> str:
     return f"{run.name}-accuracy.png"
 
 
-def render_report(params: Params, runs: list[RunResult], curves: list[dict]) -> str:
+def render_report(params: Params, runs: list[RunResult], curves: list[dict], offsets: dict) -> str:
     """The Markdown of metrics/report.md."""
+    offsets_md, offsets_answer = offsets_table(params, offsets)
     model = params.model
     test_images = runs[0].test_images if runs else 0
     seeds = len(params.train.seeds)
@@ -541,6 +579,16 @@ def render_report(params: Params, runs: list[RunResult], curves: list[dict]) -> 
         "",
         robustness_curves_table(curves),
         "",
+        "## Learned offsets",
+        "",
+        "Mean length in pixels of the DeformConv taps' (dy, dx) shifts over the test images, "
+        "per layer of the deformable nets. Figures: `offsets/offsets-<run>.png` (where each "
+        "layer samples for the centre pixel, clean and deformed).",
+        "",
+        offsets_md,
+        "",
+        offsets_answer,
+        "",
         "## Pairs of nets: paired differences over seeds",
         "",
         pairs_table(comparisons),
@@ -592,7 +640,8 @@ def run_report(params: Params, metrics_dir: Path = Path("metrics")) -> str:
         for run in runs:
             title = f"{NET_NAMES[run.arch]}, epochs {schedule_label(run.schedule)}, seed {run.seed}"
             plot_accuracy(run.history, folder / figure_name(run), title)
-    markdown = render_report(params, runs, curves)
+    offsets = read_json(metrics_dir / "offsets" / "offsets.json")
+    markdown = render_report(params, runs, curves, offsets)
     write_json(metrics_dir / "headline.json", headline(params, runs))
     write_tsv(metrics_dir / "robustness.tsv", curves, ROBUSTNESS_COLUMNS)
     with atomic_path(metrics_dir / "report.md") as tmp:

@@ -64,7 +64,7 @@ def test_study_reruns_only_what_changed_and_tracks_every_run(project: Path):
     # 1. The paper's study, one seed per cell: data stages, 9 trainings, 9 evaluations, report.
     set_params(project, **{"train.seeds": [0]})
     first = run(["dvc", "repro"], project, env=ONE_THREAD)
-    assert ran(first) == DATA_STAGES | stages_of(0) | {"report"}
+    assert ran(first) == DATA_STAGES | stages_of(0) | {"offsets", "report"}
     runs = tracked_runs(project)
     assert {r.info.run_name for r in runs} == runs_of(0) and len(runs) == 9
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
@@ -78,7 +78,13 @@ def test_study_reruns_only_what_changed_and_tracks_every_run(project: Path):
     report = (project / "metrics/report.md").read_text()
     for net in ("CNN", "DSC", "DeformableCNN"):
         assert f"## DogBreedClassification{net}" in report
-    assert len(list((project / "metrics/figures").glob("*.png"))) == 9
+    assert len(list((project / "metrics/figures").glob("*-accuracy.png"))) == 9
+    assert (project / "metrics/figures/robustness.png").exists()
+    offsets = project / "metrics/offsets"
+    assert {p.name for p in offsets.glob("*.png")} == {
+        f"offsets-deformable-{s}-seed0.png" for s in SCHEDULES
+    }
+    assert "## Robustness curves" in report and "## Learned offsets" in report
     assert "with one seed per cell there is no interval" in report
     # DVC's metrics are the small headline file only: mean test accuracies per net and schedule
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
@@ -101,7 +107,7 @@ def test_study_reruns_only_what_changed_and_tracks_every_run(project: Path):
     # 3. One schedule's max_lr: its three trainings, their evaluations and the report.
     set_params(project, **{"train.schedules.s50_7_3.max_lr": [0.02, 0.002, 0.0002]})
     changed = run(["dvc", "repro"], project, env=ONE_THREAD)
-    assert ran(changed) == stages_of(0, {f"{arch}-s50_7_3" for arch in ARCHS}) | {"report"}
+    assert ran(changed) == stages_of(0, {f"{arch}-s50_7_3" for arch in ARCHS}) | {"offsets", "report"}
     assert len(tracked_runs(project)) == 12
     commit(project, "hotter s50_7_3")
 
@@ -110,7 +116,7 @@ def test_study_reruns_only_what_changed_and_tracks_every_run(project: Path):
     set_params(project, **{"train.seeds": [0, 1]})
     assert stale_trainings(project) == stages_of(1, kinds=("train",))
     second_seed = run(["dvc", "repro"], project, env=ONE_THREAD)
-    assert ran(second_seed) == stages_of(1) | {"report"}
+    assert ran(second_seed) == stages_of(1) | {"offsets", "report"}
     assert runs_of(1) <= {r.info.run_name for r in tracked_runs(project)}
     report = (project / "metrics/report.md").read_text()
     assert "## Pairs of nets: McNemar's exact test per seed" in report
@@ -138,7 +144,7 @@ def test_study_reruns_only_what_changed_and_tracks_every_run(project: Path):
         project,
         env=ONE_THREAD,
     )
-    assert ran(experiment) == stages_of(0, {"cnn-s20_14_6"}) | {"report"}
+    assert ran(experiment) == stages_of(0, {"cnn-s20_14_6"}) | {"offsets", "report"}
     from_exp = [r for r in tracked_runs(project) if r.data.tags.get("dvc_exp_name") == "cool-cnn"]
     assert [r.info.run_name for r in from_exp] == ["cnn-s20_14_6-seed0"]
     assert "test_acc" in from_exp[0].data.metrics  # the evaluation found the training's run

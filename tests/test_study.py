@@ -107,7 +107,8 @@ def test_study_reruns_only_what_changed_and_tracks_every_run(project: Path):
     # 3. One schedule's max_lr: its three trainings, their evaluations and the report.
     set_params(project, **{"train.schedules.s50_7_3.max_lr": [0.02, 0.002, 0.0002]})
     changed = run(["dvc", "repro"], project, env=ONE_THREAD)
-    assert ran(changed) == stages_of(0, {f"{arch}-s50_7_3" for arch in ARCHS}) | {"offsets", "report"}
+    hotter = {f"{arch}-s50_7_3" for arch in ARCHS}
+    assert ran(changed) == stages_of(0, hotter) | {"offsets", "report"}
     assert len(tracked_runs(project)) == 12
     commit(project, "hotter s50_7_3")
 

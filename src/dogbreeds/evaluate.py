@@ -111,6 +111,7 @@ def robustness_curves(
     breeds: list[str],
     normalize: Normalize,
     folder: Path,
+    amp: str = "off",
 ) -> dict[str, dict[str, float]]:
     """Test accuracy on every robustness set: {kind: {strength: acc}} (strengths as "%g")."""
     curves: dict[str, dict[str, float]] = {}
@@ -119,7 +120,7 @@ def robustness_curves(
         for strength in params.robustness.strengths:
             path = folder / robustness_file(kind, strength)
             log_probs, labels = predict_split(
-                model, path, breeds, normalize, params.train.batch_size
+                model, path, breeds, normalize, params.train.batch_size, amp
             )
             curves[kind][f"{strength:g}"] = score(log_probs, labels)[1]
     return curves
@@ -182,7 +183,7 @@ def run_evaluation(
         results["val_acc"],
     )
 
-    curves = robustness_curves(params, model, breeds, normalize, robustness_dir)
+    curves = robustness_curves(params, model, breeds, normalize, robustness_dir, amp)
 
     trained_in = trained_run_id(train_metrics_dir / f"{name}.json")
     tags = {**tracking.run_tags(arch, schedule_name), "seed": str(seed)}

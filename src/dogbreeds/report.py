@@ -341,13 +341,13 @@ def offsets_table(params: Params, offsets: dict) -> tuple[str, str]:
     if total == 0:
         return "", "No deformable net in params train.archs: no offsets to show."
     if len(params.train.seeds) < 2:
-        verdict = "cannot be decided with one seed per cell"
+        verdict = "The data cannot decide: with one seed per cell there is no interval."
     else:
         verdict = (
-            f"grow on deformed images in {grow}, shrink in {shrink} and are undecided in "
-            f"{total - grow - shrink} of {total} (schedule, layer) cells (paired 95% CIs)"
+            f"They grow on deformed images in {grow}, shrink in {shrink} and are undecided in "
+            f"{total - grow - shrink} of {total} (schedule, layer) cells (paired 95% CIs)."
         )
-    return "\n".join(lines), f"**Do offsets grow on deformed images?** They {verdict}."
+    return "\n".join(lines), f"**Do offsets grow on deformed images?** {verdict}"
 
 
 # What each comparison measures, per run: the name in the tables and how to read it off a run.

@@ -77,6 +77,23 @@ def state(width: float, side: int, test_acc: float | None, **extra_metrics) -> d
     return {"params": {"params.yaml": {"data": params}}, "metrics": metrics}
 
 
+def test_collect_reads_the_headline_means_over_seeds():
+    headline = {"dsc": {"s1": {"test_acc": 0.6, "clean_test_acc": 0.7}}}
+    shown = [
+        {
+            "rev": "workspace",
+            "name": None,
+            "data": {
+                "params": state(1.0, 32, None)["params"],
+                "metrics": {"metrics/headline.json": {"data": headline}},
+            },
+        }
+    ]
+    (result,) = collect(shown)
+    assert (result.test_acc, result.clean_test_acc) == (0.6, 0.7)
+    assert (result.val_acc, result.train_seconds) == (None, None)  # per-seed: not DVC metrics
+
+
 def test_collect_reads_finished_experiments_and_skips_the_rest():
     shown = [
         {"rev": "workspace", "name": None, "data": state(1.0, 32, 0.75)},  # = exp-a's point
@@ -189,20 +206,16 @@ def test_a_queued_2x2_grid_is_compared_in_figures_and_table(project: Path):
             experiment = f"g-a{width}-r{side}"
             for arch in ("cnn", "dsc"):
                 row = rows[f"{width} {arch}-{side}"]
-                evaluation = json.loads(
-                    committed(project, experiment, f"metrics/eval/{arch}-s20_14_6.json")
-                )
-                training = json.loads(
-                    committed(project, experiment, f"metrics/train/{arch}-s20_14_6.json")
-                )
+                headline = json.loads(committed(project, experiment, "metrics/headline.json"))
+                evaluation = headline[arch]["s20_14_6"]  # means over train.seeds
                 params, macs = net_size(arch, float(width), side)
                 assert row == [
                     f"{evaluation['test_acc']:.4f}",
                     f"{evaluation['clean_test_acc']:.4f}",
-                    f"{training['val_acc']:.4f}",
+                    "-",  # val acc and wall time are per seed: not DVC metrics any more
                     f"{macs / 1e6:.2f}",
                     f"{params / 1e6:.4f}",
-                    f"{training['wall_time_s']:.0f}",
+                    "-",
                     experiment,
                 ]
     # cost falls with alpha and side, as in MobileNet's tables

@@ -41,7 +41,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.team]
 
 ARCHS = ("cnn", "dsc", "deformable")
 SCHEDULES = ("s20_14_6", "s50_7_3", "s50_14_6")
-RUN_NAMES = {f"{arch}-{schedule}" for arch in ARCHS for schedule in SCHEDULES}
+RUN_NAMES = {f"{arch}-{schedule}-seed0" for arch in ARCHS for schedule in SCHEDULES}  # seeds [0]
+# The DVC matrix names a stage by its values: train@cnn-s20_14_6-0 trains run cnn-s20_14_6-seed0.
+STAGE_NAMES = {name: "train@" + name.replace("-seed", "-") for name in RUN_NAMES}
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 # A database password that must never leave the server's environment.
 PASSWORD = f"pw-{secrets.token_hex(8)}"
@@ -135,7 +137,7 @@ def test_every_run_lands_in_postgresql(team: Team):
         tags = tags_of(r)
         assert r["info"]["status"] == "FINISHED"
         assert r["info"]["artifact_uri"].startswith("mlflow-artifacts:/")  # proxied by the server
-        assert tags["mlflow.source.name"] == f"train@{r['info']['run_name']}"
+        assert tags["mlflow.source.name"] == STAGE_NAMES[r["info"]["run_name"]]
         assert tags["mlflow.source.git.commit"]
         [dataset] = r["inputs"]["dataset_inputs"]
         assert dataset["dataset"]["name"] == f"prepared@{prepared_md5[:12]}"
@@ -260,7 +262,7 @@ def test_the_ui_shows_the_training_runs_and_a_val_acc_chart(team: Team, tmp_path
             "/runs" in driver.current_url and "workflowType=machine_learning" in driver.current_url
         )
         assert "9 matching runs" in text
-        assert all(f"train@{name}" in text for name in RUN_NAMES)  # the Source column
+        assert all(stage in text for stage in STAGE_NAMES.values())  # the Source column
         assert "prepared@" in text  # the Dataset column
         driver.save_screenshot(str(tmp_path / "mlflow-runs.png"))
 
@@ -379,10 +381,10 @@ def test_an_experiment_travels_through_git_and_dvc_remotes(team: Team):
     run(["dvc", "exp", "apply", "cool-cnn"], clone)
     run(["dvc", "pull"], clone)
     assert UP_TO_DATE in run(["dvc", "status"], clone).stdout
-    model = clone / "models" / "cnn-s20_14_6.pt"
+    model = clone / "models" / "cnn-s20_14_6-seed0.pt"
     assert model.is_file()
-    assert md5(model) == dvc_lock_md5(clone, "models/cnn-s20_14_6.pt")  # the experiment's model
-    assert md5(model) != dvc_lock_md5(repo, "models/cnn-s20_14_6.pt")  # not the study's
+    assert md5(model) == dvc_lock_md5(clone, "models/cnn-s20_14_6-seed0.pt")  # the experiment's
+    assert md5(model) != dvc_lock_md5(repo, "models/cnn-s20_14_6-seed0.pt")  # not the study's
     repro = run(["dvc", "repro"], clone)
     assert "Running stage" not in repro.stdout + repro.stderr  # nothing to train
 

@@ -6,10 +6,13 @@ of DVC experiments (the grid that `python -m dogbreeds.grid` queues, or any othe
 
 1. `dvc exp show --json` lists the experiments with their params and metrics (the metrics
    files are committed to every experiment, so nothing has to be checked out);
-2. each experiment's params `train.archs` x `train.schedules` name its runs, and each run's
-   `metrics/eval/<run>.json` (test_acc, clean_test_acc) and `metrics/train/<run>.json`
-   (val_acc, wall_time_s) give its accuracy; `model.width_mult` and `model.resolution` give
-   its size, counted by `dogbreeds.models.net_size`;
+2. each experiment's params `train.archs` x `train.schedules` name its cells, and
+   `metrics/headline.json` (the study's only DVC metrics file: test_acc and clean_test_acc per
+   net and schedule, means over `train.seeds`) gives their accuracy; experiments from before
+   seeds have per-run metrics instead, `metrics/eval/<arch>-<schedule>.json` (test_acc,
+   clean_test_acc) and `metrics/train/<arch>-<schedule>.json` (val_acc, wall_time_s), which
+   are read where present; `model.width_mult` and `model.resolution` give the size, counted by
+   `dogbreeds.models.net_size`;
 3. it draws accuracy against MACs and against params (one line per net and alpha, each point
    labelled by its input side) and prints a Markdown table laid out like MobileNet's tables.
 
@@ -51,10 +54,8 @@ class CompareError(DogbreedsError):
 
 
 def run_name(arch: str, schedule: str) -> str:
-    """The name of one (net, schedule) run: its metrics files are metrics/*/<name>.json.
-
-    The one place that knows the naming, so a seed suffix is a change here only.
-    """
+    """The name of one (net, schedule) run before seeds: its metrics files were
+    metrics/*/<name>.json. Newer experiments keep per-run files out of DVC's metrics."""
     return f"{arch}-{schedule}"
 
 
@@ -150,13 +151,16 @@ def results_of(name: str, state: dict) -> list[Result]:
         log.debug("%s: no params.yaml", name)
         return []
     metrics = state.get("metrics") or {}
+    headline = metrics_file(metrics, "metrics/headline.json")  # means over seeds
     width = float(param(params, "model.width_mult", name))
     side = int(param(params, "model.resolution", name))
     results = []
     for arch in param(params, "train.archs", name):
         for schedule in param(params, "train.schedules", name):
             run = run_name(arch, schedule)
-            evaluation = metrics_file(metrics, f"metrics/eval/{run}.json")
+            evaluation = (headline or {}).get(arch, {}).get(schedule)
+            if not isinstance(evaluation, dict):  # an experiment from before seeds
+                evaluation = metrics_file(metrics, f"metrics/eval/{run}.json")
             test_acc = number(evaluation, "test_acc")
             if test_acc is None:
                 log.debug("%s %s: no test_acc in metrics/eval/%s.json", name, run, run)

@@ -161,6 +161,10 @@ def test_pairs_get_paired_differences_mcnemar_and_the_two_answers(study):
     # the deformable net loses 0.1 less to the deformations on every seed and schedule
     assert "**Does it resist deformation better?** Yes (" in answers
     assert "vs cnn on s20_14_6: +0.1000 [+0.1000, +0.1000]" in answers
+    # both nets lose 0.1 per unit of strength on their curves: no difference to find
+    curve = "**And along the robustness curve (all kinds, every strength above 0)?**"
+    assert f"{curve} The data cannot decide" in answers
+    assert "| curve: mean deformed − clean: mean [95% CI] |" in pairs
 
 
 def test_robustness_curves_average_over_seeds(study):
@@ -199,7 +203,8 @@ def test_one_seed_cannot_decide(study):
     params, metrics = study
     params = replace(params, train=replace(params.train, seeds=[0]))
     markdown = report.run_report(params, metrics)
-    assert markdown.count("The data cannot decide: with one seed per cell") == 3  # + offsets
+    # generalisation, resistance, the robustness curve, and the offsets
+    assert markdown.count("The data cannot decide: with one seed per cell") == 4
     assert "| 0.3000 | 0.3000 | - |" in markdown  # mean of one seed, no interval, no verdict
 
 

@@ -356,6 +356,22 @@ COMPARED = {
     "deformed test acc": lambda r: r.eval["test_acc"],
     "deformed − clean": drop,
 }
+CURVE = "curve: mean deformed − clean"  # along the robustness curve of all kinds together
+
+
+def curve_drop(run: RunResult) -> float:
+    """What the deformations cost one net along its `all` robustness curve: the mean over the
+    strengths above 0 of accuracy minus the clean (strength 0) accuracy."""
+    curve = run.robustness["all"]
+    deformed = [acc for strength, acc in curve.items() if float(strength) > 0]
+    return math.fsum(deformed) / len(deformed) - curve["0"]
+
+
+def measures(params: Params) -> dict:
+    """COMPARED, plus the robustness-curve measure where the curve has strength 0 and more."""
+    strengths = params.robustness.strengths
+    has_curve = "all" in params.robustness.kinds and 0 in strengths and len(strengths) > 1
+    return {**COMPARED, CURVE: curve_drop} if has_curve else dict(COMPARED)
 
 
 @dataclass
@@ -365,7 +381,7 @@ class Comparison:
     a: str
     b: str
     schedule: str
-    differences: dict[str, Interval]  # COMPARED name -> interval of a − b over seeds
+    differences: dict[str, Interval]  # measure name -> interval of a − b over seeds
     mcnemar: list[tuple[int, str, McNemar]]  # (seed, split, McNemar) on the same test images
 
 
@@ -377,7 +393,7 @@ def compare(params: Params, runs: list[RunResult]) -> list[Comparison]:
             runs_a, runs_b = cell(runs, a, schedule), cell(runs, b, schedule)
             differences = {
                 what: paired_difference([get(r) for r in runs_a], [get(r) for r in runs_b])
-                for what, get in COMPARED.items()
+                for what, get in measures(params).items()
             }
             tests = []
             for run_a, run_b in zip(runs_a, runs_b, strict=True):
@@ -403,12 +419,13 @@ def mcnemar_on_same_images(run_a: RunResult, run_b: RunResult, split: str) -> Mc
 
 def pairs_table(comparisons: list[Comparison]) -> str:
     """Paired differences a − b over seeds with 95% CIs, one row per pair and schedule."""
+    names = list(comparisons[0].differences) if comparisons else list(COMPARED)
     lines = [
-        "| a − b | schedule | " + " | ".join(f"{what}: mean [95% CI]" for what in COMPARED) + " |",
-        "|---|---|" + "---:|" * len(COMPARED),
+        "| a − b | schedule | " + " | ".join(f"{what}: mean [95% CI]" for what in names) + " |",
+        "|---|---|" + "---:|" * len(names),
     ]
     for c in comparisons:
-        cells = [fmt_interval(c.differences[what], signed=True) for what in COMPARED]
+        cells = [fmt_interval(c.differences[what], signed=True) for what in names]
         lines.append(f"| {c.a} − {c.b} | {c.schedule} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -528,6 +545,12 @@ def render_report(params: Params, runs: list[RunResult], curves: list[dict], off
     test_images = runs[0].test_images if runs else 0
     seeds = len(params.train.seeds)
     comparisons = compare(params, runs)
+    curve_question = "And along the robustness curve (all kinds, every strength above 0)?"
+    curve_answer = (
+        ["- " + answer(curve_question, CURVE, comparisons, seeds)]
+        if comparisons and CURVE in comparisons[0].differences
+        else []
+    )
     out = [
         "# Results beside the paper",
         "",
@@ -553,10 +576,12 @@ def render_report(params: Params, runs: list[RunResult], curves: list[dict], off
             "Does the deformable net generalise better?", "clean test acc", comparisons, seeds
         ),
         "- " + answer("Does it resist deformation better?", "deformed − clean", comparisons, seeds),
+        *curve_answer,
         "",
         "Generalisation is read on the clean test images (unseen photos, no deformation); "
         "resistance is the paired difference of what the deformations cost each net "
-        "(deformed − clean test accuracy). Both compare nets trained from the same seeds.",
+        "(deformed − clean test accuracy), at the study's strength and averaged along the "
+        "robustness curve of all kinds. All compare nets trained from the same seeds.",
     ]
     for arch in params.train.archs:
         arch_runs = [run for run in runs if run.arch == arch]

@@ -25,6 +25,8 @@ ALLOWED_UNLISTED = {
     "src/dogbreeds/cli.py": "the stage shell: logging set-up and one-line errors",
     "src/dogbreeds/progress.py": "progress bar and the CPU duration warning: logging only",
     "src/dogbreeds/tracking.py": "MLflow logging; MLflow is not a DVC output",
+    "src/dogbreeds/pyfunc.py": "the checkpoint packaged as an MLflow model: MLflow only",
+    "src/dogbreeds/registry.py": "MLflow's model registry: MLflow only",
 }
 
 
@@ -57,7 +59,12 @@ def imported_modules(path: Path) -> set[Path]:
 
 
 def code_closure(script: Path) -> set[str]:
-    """The script and every package module it reaches, as repo-relative paths."""
+    """The script and every package module it reaches, as repo-relative paths.
+
+    The walk does not go on from an allowlisted module: what only MLflow logging reaches
+    (e.g. pyfunc -> inference -> images, to package a checkpoint as an MLflow model) cannot
+    change a DVC output either.
+    """
     seen: set[Path] = set()
     todo = [script]
     while todo:
@@ -65,6 +72,8 @@ def code_closure(script: Path) -> set[str]:
         if path in seen:
             continue
         seen.add(path)
+        if path.is_relative_to(ROOT) and str(path.relative_to(ROOT)) in ALLOWED_UNLISTED:
+            continue
         todo.extend(imported_modules(path) - seen)
     return {str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in seen}
 
@@ -100,8 +109,13 @@ def test_the_closure_follows_imports_inside_functions(tmp_path):
 
 
 def test_only_stage_level_modules_import_tracking():
-    """Models, data and the engine never import MLflow (DESIGN.md: tracking is stage level)."""
-    stage_level = {"train.py", "evaluate.py", "tracking.py"}
+    """Models, data and the engine never import MLflow (DESIGN.md: tracking is stage level).
+
+    Besides the stages' modules, only MLflow's own concerns may: the MLflow model (pyfunc), the
+    model registry, and the predict command, which loads registered models.
+    """
+    stage_level = {"train.py", "evaluate.py", "tracking.py", "pyfunc.py", "registry.py"}
+    stage_level |= {"predict.py"}
     for path in PACKAGE.glob("*.py"):
         if path.name in stage_level:
             continue

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: study test lint summary clean-venv
+.PHONY: study test lint summary bench clean-venv
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,20 @@ summary: $(VENV)/.installed  ## params and MACs of the three nets
 
 clean-venv:
 	rm -rf $(VENV)
+
+bench: $(VENV)/.installed  ## training-step throughput per net, backend, batch and precision
+	$(BIN)/python -m dogbreeds.bench --out bench
+
+# MobileNet's width x resolution grid (README "Width and resolution multipliers"): `make grid`
+# queues one DVC experiment per (alpha, side), `dvc queue start -j 1` runs them, `make compare`
+# draws accuracy against MACs and params. Pass more options in GRID_ARGS / COMPARE_ARGS, e.g.
+# make grid GRID_ARGS="--resolutions 64 56 48 40 -S train.seed=1".
+.PHONY: grid compare
+grid: $(VENV)/.installed  ## queue the alpha x resolution grid as DVC experiments
+	PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH=src $(BIN)/python -m dogbreeds.grid $(GRID_ARGS)
+
+compare: $(VENV)/.installed  ## accuracy vs MACs / params of the experiments: figures and table
+	PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH=src $(BIN)/python -m dogbreeds.compare $(COMPARE_ARGS)
 
 # ----------------------------------------------------------------------------- a team
 # README "From one laptop to a team": PostgreSQL + an MLflow tracking server on 127.0.0.1.

@@ -137,5 +137,5 @@ def test_unknown_backend_is_rejected():
 
 def test_auto_backend_follows_the_table():
     assert default_backend("cpu") == "gather"
-    assert default_backend("cuda") == "gather"
+    assert default_backend("cuda") == "reference"  # measured on an H100 (README, Speed)
     assert default_backend("meta") == "reference"

@@ -170,7 +170,10 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     results = run(args.source, args.params)
     total = time.perf_counter() - started
-    text = table(results) + f"\n\nwhole run (loading, 9 trainings, evaluation): {total:.0f} s\n"
+    text = (
+        table(results)
+        + f"\n\nwhole run (loading, {len(results)} trainings, evaluation): {total:.0f} s\n"
+    )
     print(text)
     if args.out:
         args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")

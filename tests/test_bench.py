@@ -1,0 +1,26 @@
+"""The benchmark command: every configuration timed, JSON and a markdown table with ratios."""
+
+from __future__ import annotations
+
+import json
+
+from dogbreeds import bench
+
+
+def test_bench_times_each_net_and_backend_and_writes_json_and_markdown(tmp_path, capsys):
+    out = tmp_path / "bench"
+    bench.main([
+        "--device", "cpu", "--resolution", "16", "--batch", "4", "--amp", "off",
+        "--backend", "reference", "gather", "--steps", "1", "--repeats", "1", "--out", str(out),
+    ])  # fmt: skip
+    results = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert [(r["net"], r["backend"]) for r in results] == [
+        ("cnn", "-"), ("dsc", "-"), ("deformable", "reference"), ("deformable", "gather"),
+    ]  # fmt: skip
+    assert all(r["train_img_s"] > 0 and r["eval_img_s"] > 0 for r in results)
+    table = out.with_suffix(".md").read_text()
+    cnn = results[0]["train_img_s"]
+    ratio = f"{results[2]['train_img_s'] / cnn:.2f}x"
+    assert "| cpu | 4 | off | deformable | reference |" in table and ratio in table
+    assert "| cpu | 4 | off | cnn | - |" in table and "1.00x" in table
+    assert table.strip() in capsys.readouterr().out

@@ -1,0 +1,238 @@
+"""The width x resolution grid: queued with `python -m dogbreeds.grid`, run by `dvc queue`,
+compared by `python -m dogbreeds.compare` (figures and a MobileNet-style table).
+
+The end-to-end test runs a 2x2 grid (alpha 1, 0.5 x sides 32, 24) of two nets on the tiny
+synthetic source and checks every table row against the experiment's own committed metrics
+files, read back with git, and the figures against the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import run
+from PIL import Image
+
+from dogbreeds.compare import (
+    CompareError,
+    collect,
+    draw,
+    exp_show,
+    markdown_table,
+    results_of,
+    with_sizes,
+)
+from dogbreeds.grid import GridError, grid_points, schedule_overrides
+from dogbreeds.models import net_size
+
+ROOT = Path(__file__).resolve().parents[1]
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "PYTHONPATH": "src"}
+NET_RGB = {"cnn": (31, 119, 180), "dsc": (255, 127, 14), "deformable": (44, 160, 44)}  # tab:*
+
+
+# ----------------------------------------------------------------------------- fast checks
+
+
+def test_grid_points_come_in_the_order_of_mobilenets_tables():
+    points = grid_points([0.5, 1.0, 0.25], [40, 64, 56])
+    assert [p.label for p in points] == [
+        "a1-r64", "a0.5-r64", "a0.25-r64",  # Table 6: every width at the largest side
+        "a1-r56", "a1-r40",  # Table 7: the largest width at every side
+        "a0.5-r56", "a0.5-r40", "a0.25-r56", "a0.25-r40",
+    ]  # fmt: skip
+    with pytest.raises(GridError, match="--widths"):
+        grid_points([0.0], [64])
+    with pytest.raises(GridError, match="--resolutions"):
+        grid_points([1.0], [8])
+
+
+def test_the_grid_keeps_one_schedule_by_deleting_the_others():
+    params = ROOT / "params.yaml"
+    assert schedule_overrides(params, "s20_14_6") == [
+        "~train.schedules.s50_7_3",
+        "~train.schedules.s50_14_6",
+    ]
+    with pytest.raises(GridError, match=r"'s9' is not in .*params.yaml train.schedules"):
+        schedule_overrides(params, "s9")
+
+
+def state(width: float, side: int, test_acc: float | None, **extra_metrics) -> dict:
+    """One experiment as `dvc exp show --json` describes it: params and metrics files."""
+    params = {
+        "model": {"width_mult": width, "resolution": side, "offset_lr_mult": 0.1},
+        "train": {"archs": ["dsc"], "schedules": {"s1": {"epochs": [1]}}, "seed": 0},
+    }
+    evaluation = {"test_acc": test_acc, "clean_test_acc": 0.5, "per_class_test_acc": {"pug": 1}}
+    metrics = {
+        "metrics/eval/dsc-s1.json": {"data": evaluation} if test_acc is not None else {},
+        "metrics/train/dsc-s1.json": {"data": {"val_acc": 0.25, "wall_time_s": 3.0}},
+        **extra_metrics,
+    }
+    return {"params": {"params.yaml": {"data": params}}, "metrics": metrics}
+
+
+def test_collect_reads_finished_experiments_and_skips_the_rest():
+    shown = [
+        {"rev": "workspace", "name": None, "data": state(1.0, 32, 0.75)},  # = exp-a's point
+        {
+            "rev": "abc1234def",
+            "name": "main",
+            "data": state(1.0, 32, None),  # the baseline was never reproduced
+            "experiments": [
+                {"name": "exp-a", "executor": None, "revs": [{"name": "exp-a", "data": state(
+                    1.0, 32, 0.75, **{"metrics/extra.json": {"data": {"x": 1}}})}]},
+                {"name": "exp-b", "executor": {"state": "success"},
+                 "revs": [{"name": "exp-b", "data": state(0.5, 24, 0.5)}]},
+                {"name": "exp-q", "executor": {"state": "queued"}, "revs": []},
+                {"name": "exp-f", "executor": {"state": "failed"},
+                 "revs": [{"name": "exp-f", "data": state(0.25, 24, 0.1)}]},
+            ],
+        },
+    ]  # fmt: skip
+    results = collect(shown)
+    assert [(r.experiment, r.width_mult, r.resolution, r.test_acc) for r in results] == [
+        ("exp-a", 1.0, 32, 0.75),  # the named experiment wins over the workspace
+        ("exp-b", 0.5, 24, 0.5),
+    ]
+    assert (results[0].clean_test_acc, results[0].val_acc, results[0].train_seconds) == (
+        0.5,
+        0.25,
+        3.0,
+    )
+    assert [r.experiment for r in collect(shown, select="-b$")] == ["exp-b"]
+
+
+def test_a_missing_param_names_the_experiment_and_the_key(caplog):
+    broken = state(1.0, 32, 0.5)
+    del broken["params"]["params.yaml"]["data"]["model"]["resolution"]
+    with pytest.raises(CompareError, match="exp-x: params.yaml has no 'model.resolution'"):
+        results_of("exp-x", broken)
+    # among other experiments (an old commit under -A), it is skipped with that warning
+    shown = [
+        {"rev": "abc", "name": "old", "data": broken},
+        {"rev": "def", "data": state(1, 32, 0.5)},
+    ]
+    assert [r.experiment for r in collect(shown)] == ["def"]
+    assert "skipping old: params.yaml has no 'model.resolution'" in caplog.text
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def wait_for_queue(repo: Path, timeout: float = 900) -> str:
+    """Poll `dvc queue status` until nothing is queued or running; return the last status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = run(["dvc", "queue", "status"], repo).stdout
+        if "Queued" not in status and "Running" not in status:
+            return status
+        if time.monotonic() > deadline:
+            raise AssertionError(f"dvc queue still busy after {timeout} s:\n{status}")
+        time.sleep(3)
+
+
+def committed(repo: Path, name: str, path: str) -> str:
+    """A file as committed in the DVC experiment `name` (its ref is refs/exps/.../<name>)."""
+    refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], repo).stdout.split()
+    (ref,) = [r for r in refs if r.endswith(f"/{name}")]
+    return run(["git", "show", f"{ref}:{path}"], repo).stdout
+
+
+def table_rows(table: str) -> dict[str, list[str]]:
+    """Markdown table rows by their first cell (the model label)."""
+    rows = {}
+    for line in table.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def pixels_of(png: Path, rgb: tuple[int, int, int]) -> int:
+    image = np.asarray(Image.open(png).convert("RGB"))
+    return int((image == np.array(rgb, dtype=np.uint8)).all(axis=-1).sum())
+
+
+@pytest.mark.slow
+def test_a_queued_2x2_grid_is_compared_in_figures_and_table(project: Path):
+    # 1. One command queues the grid: 2 widths x 2 sides, one schedule, two nets.
+    grid = [sys.executable, "-m", "dogbreeds.grid", "--widths", "1", "0.5"]
+    grid += ["--resolutions", "32", "24", "--archs", "cnn", "dsc", "--name-prefix", "g"]
+    run(grid, project, env=ONE_THREAD)
+    names = {f"g-a{w}-r{r}" for w in ("1", "0.5") for r in (32, 24)}
+    queued = run(["dvc", "queue", "status"], project).stdout
+    assert {line.split()[1] for line in queued.splitlines() if "Queued" in line} == names
+
+    # 2. DVC runs the queue; every experiment succeeds.
+    run(["dvc", "queue", "start", "-j", "1"], project, env=ONE_THREAD)
+    status = wait_for_queue(project)
+    assert {line.split()[1] for line in status.splitlines() if "Success" in line} == names, status
+    params = yaml.safe_load(committed(project, "g-a0.5-r24", "params.yaml"))
+    assert params["model"] == {**params["model"], "width_mult": 0.5, "resolution": 24}
+    assert list(params["train"]["schedules"]) == ["s20_14_6"]
+    assert params["train"]["archs"] == ["cnn", "dsc"]
+
+    # 3. One command compares them: a row per (net, alpha, side) with the experiment's numbers.
+    compare = [sys.executable, "-m", "dogbreeds.compare"]
+    shown = run(compare, project, env=ONE_THREAD)
+    table = (project / "metrics/accuracy-vs-cost.md").read_text()
+    assert table.strip() in shown.stdout
+    rows = table_rows(table)
+    assert len(rows) == 8
+    for width in ("1", "0.5"):
+        for side in (32, 24):
+            experiment = f"g-a{width}-r{side}"
+            for arch in ("cnn", "dsc"):
+                row = rows[f"{width} {arch}-{side}"]
+                evaluation = json.loads(
+                    committed(project, experiment, f"metrics/eval/{arch}-s20_14_6.json")
+                )
+                training = json.loads(
+                    committed(project, experiment, f"metrics/train/{arch}-s20_14_6.json")
+                )
+                params, macs = net_size(arch, float(width), side)
+                assert row == [
+                    f"{evaluation['test_acc']:.4f}",
+                    f"{evaluation['clean_test_acc']:.4f}",
+                    f"{training['val_acc']:.4f}",
+                    f"{macs / 1e6:.2f}",
+                    f"{params / 1e6:.4f}",
+                    f"{training['wall_time_s']:.0f}",
+                    experiment,
+                ]
+    # cost falls with alpha and side, as in MobileNet's tables
+    assert float(rows["0.5 cnn-24"][3]) < float(rows["0.5 cnn-32"][3]) < float(rows["1 cnn-32"][3])
+    assert float(rows["0.5 dsc-32"][4]) < float(rows["1 dsc-32"][4])
+
+    # 4. The figures: one line per net and alpha through its sides, in the nets' colours.
+    for name in ("accuracy-vs-macs.png", "accuracy-vs-params.png"):
+        png = project / "metrics/figures" / name
+        assert Image.open(png).format == "PNG"
+        assert pixels_of(png, NET_RGB["cnn"]) > 50 and pixels_of(png, NET_RGB["dsc"]) > 50
+        assert pixels_of(png, NET_RGB["deformable"]) == 0  # not in this grid
+    results = with_sizes(collect(exp_show(project, [])))
+    assert markdown_table(results) == table.strip()
+    figure = draw(results, "macs")
+    lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    assert set(lines) == {"cnn α=1", "cnn α=0.5", "dsc α=1", "dsc α=0.5"}
+    for label, line in lines.items():
+        arch, width = label.split(" α=")
+        points = [r for r in results if r.arch == arch and f"{r.width_mult:g}" == width]
+        assert list(line.get_xdata()) == [r.macs / 1e6 for r in points]  # sides 32, then 24
+        assert list(line.get_ydata()) == [r.test_acc for r in points]
+    labels = sorted(text.get_text() for text in figure.axes[0].texts)
+    assert labels == ["24"] * 4 + ["32"] * 4
+
+    # 5. A selection that matches nothing is one clear error and a non-zero exit.
+    failed = run([*compare, "--experiments", "^nothing"], project, check=False, env=ONE_THREAD)
+    assert failed.returncode == 1
+    assert (
+        failed.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: no evaluated experiments matching '^nothing'")
+    )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from dogbreeds import DogbreedsError, tracking
+from dogbreeds import DogbreedsError, registry, tracking
 from dogbreeds.checkpoint import load_checkpoint
 from dogbreeds.engine import (
     AMP_DTYPES,
@@ -220,4 +220,5 @@ def run_evaluation(
             run.log_metrics({f"robust_acc_{kind}": acc}, step=round(float(strength) * 100))
     run.log_artifact(confusion_png)
     run.log_artifact(confusion_json)
+    registry.register_champion(arch)  # dogbreeds-<arch>@champion: the best val_acc so far
     return results

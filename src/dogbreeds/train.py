@@ -127,6 +127,8 @@ def run_training(
         write_json(metrics_dir / f"{name}.json", summary)
 
         run.log_metrics({"wall_time_s": wall_time})
+        tracking.log_prepared_dataset(run, prepared)  # the data version, by its DVC hash
+        tracking.log_pyfunc_model(run, models_dir / f"{name}.pt")  # servable: runs:/<id>/model
         run.log_artifact(metrics_dir / f"{name}.tsv")  # MLflow charts the curves itself
     log.info("%s: done in %s, val acc %.4f", name, human_duration(wall_time), last.val_acc)
     return summary

@@ -37,7 +37,7 @@ bench: $(VENV)/.installed  ## training-step throughput per net, backend, batch a
 # MobileNet's width x resolution grid (README "Width and resolution multipliers"): `make grid`
 # queues one DVC experiment per (alpha, side), `dvc queue start -j 1` runs them, `make compare`
 # draws accuracy against MACs and params. Pass more options in GRID_ARGS / COMPARE_ARGS, e.g.
-# make grid GRID_ARGS="--resolutions 64 56 48 40 -S train.seed=1".
+# make grid GRID_ARGS="--resolutions 64 56 48 40 -S 'train.seeds=[0]'".
 .PHONY: grid compare
 grid: $(VENV)/.installed  ## queue the alpha x resolution grid as DVC experiments
 	PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH=src $(BIN)/python -m dogbreeds.grid $(GRID_ARGS)

@@ -241,7 +241,14 @@ def test_a_queued_2x2_grid_is_compared_in_figures_and_table(project: Path):
     labels = sorted(text.get_text() for text in figure.axes[0].texts)
     assert labels == ["24"] * 4 + ["32"] * 4
 
-    # 5. A selection that matches nothing is one clear error and a non-zero exit.
+    # 5. After a new commit, HEAD has no experiments; --all-experiments still finds the grid's.
+    run(["git", "commit", "-q", "--allow-empty", "-m", "next"], project)
+    none = run(compare, project, check=False, env=ONE_THREAD)
+    assert none.returncode == 1 and "error: no evaluated experiments in" in none.stderr
+    again = run([*compare, "--all-experiments"], project, env=ONE_THREAD)
+    assert table.strip() in again.stdout
+
+    # 6. A selection that matches nothing is one clear error and a non-zero exit.
     failed = run([*compare, "--experiments", "^nothing"], project, check=False, env=ONE_THREAD)
     assert failed.returncode == 1
     assert (

@@ -17,7 +17,7 @@ of DVC experiments (the grid that `python -m dogbreeds.grid` queues, or any othe
    labelled by its input side) and prints a Markdown table laid out like MobileNet's tables.
 
     python -m dogbreeds.compare                       # experiments of HEAD, and the workspace
-    python -m dogbreeds.compare --all-commits --experiments '^mirrors-'
+    python -m dogbreeds.compare --all-experiments --experiments '^mirrors-'
 
 DVC, not MLflow, is the source here: the stages keep every number this needs (and the MLflow
 run id) in their metrics files, which exist even when DVC's run cache skipped a training.
@@ -97,6 +97,19 @@ def exp_show(repo: Path, dvc_args: list[str]) -> list[dict]:
         return json.loads(proc.stdout)
     except json.JSONDecodeError as exc:
         raise CompareError(f"dvc exp show in {repo} did not print JSON ({exc})") from exc
+
+
+def experiment_baselines(repo: Path) -> list[str]:
+    """Every commit that has experiments, found through the experiments' own git refs.
+
+    `dvc exp show -A` looks only at commits on branches and tags, so it misses experiments
+    whose baseline was rebased away while a long queue ran; passing each baseline as
+    `--rev` finds them all.
+    """
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo:
+        return sorted(dvc_repo.experiments.ls(all_commits=True))
 
 
 def experiment_states(shown: list[dict]) -> Iterator[tuple[str, dict]]:
@@ -360,6 +373,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--repo", type=Path, default=Path("."), help="the DVC repository")
     parser.add_argument("-A", "--all-commits", action="store_true", help="as dvc exp show -A")
+    parser.add_argument(
+        "--all-experiments",
+        action="store_true",
+        help="every experiment, also of commits no longer on a branch (after a rebase)",
+    )
     parser.add_argument("--rev", help="experiments of this baseline commit (default: HEAD)")
     parser.add_argument("-n", "--num", type=int, help="as dvc exp show -n: last N baselines")
     parser.add_argument("--experiments", metavar="REGEX", help="only experiments named so")
@@ -374,6 +392,8 @@ def main(argv: list[str] | None = None) -> None:
     dvc_args = ["-A"] if args.all_commits else []
     dvc_args += ["--rev", args.rev] if args.rev else []
     dvc_args += ["-n", str(args.num)] if args.num is not None else []
+    if args.all_experiments:
+        dvc_args += [arg for rev in experiment_baselines(args.repo) for arg in ("--rev", rev)]
     out_dir = args.out_dir if args.out_dir.is_absolute() else args.repo / args.out_dir
     table = args.table if args.table.is_absolute() else args.repo / args.table
     try:

@@ -224,7 +224,7 @@ def test_a_queued_2x2_grid_is_compared_in_figures_and_table(project: Path):
 
     # 4. The figures: one line per net and alpha through its sides, in the nets' colours.
     for name in ("accuracy-vs-macs.png", "accuracy-vs-params.png"):
-        png = project / "metrics/figures" / name
+        png = project / "metrics/compare" / name
         assert Image.open(png).format == "PNG"
         assert pixels_of(png, NET_RGB["cnn"]) > 50 and pixels_of(png, NET_RGB["dsc"]) > 50
         assert pixels_of(png, NET_RGB["deformable"]) == 0  # not in this grid

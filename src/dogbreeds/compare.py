@@ -326,7 +326,7 @@ def draw(results: list[Result], cost: str, metric: str = "test_acc"):
 
 
 def save_figures(results: list[Result], out_dir: Path, metric: str) -> list[Path]:
-    """metrics/figures/accuracy-vs-macs.png and accuracy-vs-params.png."""
+    """metrics/compare/accuracy-vs-macs.png and accuracy-vs-params.png."""
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -382,7 +382,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-n", "--num", type=int, help="as dvc exp show -n: last N baselines")
     parser.add_argument("--experiments", metavar="REGEX", help="only experiments named so")
     parser.add_argument("--metric", choices=list(METRICS), default="test_acc")
-    parser.add_argument("--out-dir", type=Path, default=Path("metrics/figures"))
+    # not metrics/figures: that folder is the report stage's DVC output, which it rewrites
+    parser.add_argument("--out-dir", type=Path, default=Path("metrics/compare"))
     parser.add_argument(
         "--table", type=Path, default=Path("metrics/accuracy-vs-cost.md"), help="Markdown table"
     )

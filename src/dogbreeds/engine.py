@@ -7,6 +7,11 @@ on the net's log-softmax output. After every epoch the net is scored on the (def
 validation set. The prepared uint8 tensors stay on the device and batches are augmented there,
 so on a GPU the data path is a few tensor ops per step.
 
+After every epoch the engine can hand out a `TrainState`: everything the loop needs to carry on
+from that epoch as if it had never stopped (weights, optimiser, scheduler, scaler, every random
+generator, the history so far). `train_model(state=...)` continues from one, and ends with
+exactly the numbers of an uninterrupted run (`dogbreeds.resume` keeps them on disk).
+
 Nothing here writes files or talks to MLflow: `dogbreeds.train` (the stage) does.
 """
 
@@ -14,9 +19,11 @@ from __future__ import annotations
 
 import logging
 import platform
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -264,6 +271,62 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# ----------------------------------------------------------------------------- resumable state
+
+
+@dataclass
+class TrainState:
+    """A schedule stopped after `len(history)` epochs, complete enough to continue exactly.
+
+    Every field is tensors, numbers, strings, lists and dicts, so `torch.save` writes it and
+    `torch.load(weights_only=True)` reads it back. The optimiser and scheduler belong to the
+    stage of the last finished epoch; a resume that starts a new stage does not need them.
+    """
+
+    history: list[EpochRecord]
+    model: dict  # state_dict, including BatchNorm statistics
+    optimizer: dict
+    scheduler: dict
+    scaler: dict
+    rng: dict  # see capture_rng
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.history)
+
+
+def capture_rng(generator: torch.Generator) -> dict:
+    """Every random stream a run may draw from, as tensors and plain numbers.
+
+    The data generator orders and augments batches; torch's global CPU and CUDA streams,
+    numpy's and Python's are kept too, so that no draw anywhere repeats or shifts on resume.
+    """
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, mt, gauss_next = random.getstate()
+    return {
+        "data": generator.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+    }  # fmt: skip
+
+
+def restore_rng(rng: dict, generator: torch.Generator) -> None:
+    """Put back what `capture_rng` took."""
+    generator.set_state(rng["data"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    n = rng["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["cached"]))
+    py = rng["python"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss_next"]))
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -373,36 +436,45 @@ def train_model(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     desc: str = "train",
     dtype: torch.dtype | None = None,
+    state: TrainState | None = None,
+    on_state: Callable[[TrainState], None] | None = None,
 ) -> list[EpochRecord]:
     """Train `model` in place through every stage of `schedule`; returns the per-epoch history.
 
     `train` and `val` must already be on the model's device. Data order and augmentation draw
     from one generator seeded with train.seed (the caller seeds the initial weights).
+    `state` continues a run that stopped after `state.epochs_done` epochs; `on_state` gets a
+    fresh state after every epoch (its tensors are the live ones: save it before returning).
     """
     device = train.images.device
     generator = torch.Generator().manual_seed(tp.seed)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     steps = steps_per_epoch(len(train.labels), tp.batch_size)
-    progress = RunProgress(desc, sum(schedule.epochs) * steps, device.type)
-    history: list[EpochRecord] = []
+    done = state.epochs_done if state else 0
+    progress = RunProgress(desc, sum(schedule.epochs) * steps, device.type, done=done * steps)
+    history: list[EpochRecord] = list(state.history) if state else []
+    if state:
+        model.load_state_dict(state.model)
+        scaler.load_state_dict(state.scaler)
+        restore_rng(state.rng, generator)
     stages = list(zip(schedule.epochs, schedule.max_lr, strict=True))
+    before = 0  # epochs in the stages before this one
     for stage, (epochs, max_lr) in enumerate(stages, 1):
+        done_here = min(max(done - before, 0), epochs)  # epochs of this stage already done
+        before += epochs
+        if done_here == epochs:
+            continue
         progress.set_stage(stage, len(stages))
         optimizer, peaks = make_optimizer(model, max_lr, tp.weight_decay, offset_lr_mult)
         scheduler = one_cycle(optimizer, peaks, epochs, steps, tp.one_cycle)
-        for _ in range(epochs):
+        if done_here:  # stopped inside this stage: continue its cycle where it was
+            optimizer.load_state_dict(state.optimizer)
+            scheduler.load_state_dict(state.scheduler)
+        for _ in range(done_here, epochs):
             train_loss, train_acc, lr = train_epoch(
-                model,
-                train,
-                normalize,
-                optimizer,
-                scheduler,
-                scaler,
-                tp,
-                generator,
-                progress,
+                model, train, normalize, optimizer, scheduler, scaler, tp, generator, progress,
                 dtype,
-            )
+            )  # fmt: skip
             log_probs = predict(model, val.images, normalize, tp.batch_size, dtype)
             val_loss, val_acc = score(log_probs, val.labels)
             record = EpochRecord(
@@ -411,15 +483,20 @@ def train_model(
             history.append(record)
             log.info(
                 "%s epoch %d: lr %.3g train loss %.4f acc %.4f, val loss %.4f acc %.4f",
-                desc,
-                record.epoch,
-                lr,
-                train_loss,
-                train_acc,
-                val_loss,
-                val_acc,
-            )
+                desc, record.epoch, lr, train_loss, train_acc, val_loss, val_acc,
+            )  # fmt: skip
             if on_epoch:
                 on_epoch(record)
+            if on_state:
+                on_state(
+                    TrainState(
+                        history=list(history),
+                        model=model.state_dict(),
+                        optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(),
+                        scaler=scaler.state_dict(),
+                        rng=capture_rng(generator),
+                    )
+                )
     progress.close()
     return history

@@ -1,4 +1,4 @@
-"""Atomic writes: a stage that fails must leave no half-written output behind."""
+"""Atomic writes (a stage that fails leaves no half-written output behind) and the repo root."""
 
 from __future__ import annotations
 
@@ -9,6 +9,22 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def repo_root(cwd: Path | None = None) -> Path:
+    """The main repository, where git-ignored state (downloads, MLflow store, resume states) lives.
+
+    `DVC_ROOT` wins: `dvc exp run --temp` and `dvc queue` run a stage in a copy under
+    `.dvc/tmp/exps/` that holds no git-ignored files and is deleted afterwards. Otherwise the
+    nearest directory holding `.dvc/`, starting at `cwd`; otherwise `cwd` itself.
+    """
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    start = (cwd or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / ".dvc").is_dir():
+            return folder
+    return start
 
 
 @contextmanager

@@ -28,11 +28,22 @@ def human_duration(seconds: float) -> str:
 class RunProgress:
     """A tqdm bar over every step of a schedule; `step()` after each training step."""
 
-    def __init__(self, desc: str, total_steps: int, device_type: str, bar: tqdm | None = None):
+    def __init__(
+        self,
+        desc: str,
+        total_steps: int,
+        device_type: str,
+        bar: tqdm | None = None,
+        done: int = 0,
+    ):
+        """done: steps finished before this process started (a resumed run)."""
         self.device_type = device_type
         # In a log (DVC's output piped to a file) one line a minute, not hundreds of redraws.
         interval = 0.1 if sys.stderr.isatty() else 60
-        self.bar = bar or tqdm(total=total_steps, desc=desc, unit="step", mininterval=interval)
+        self.bar = bar or tqdm(
+            total=total_steps, initial=done, desc=desc, unit="step", mininterval=interval
+        )
+        self.start = done
         self.desc = desc
         self.warned = False
 
@@ -42,12 +53,13 @@ class RunProgress:
     def seconds_left(self) -> float | None:
         """tqdm's own estimate of the time left, once it has a rate."""
         info = self.bar.format_dict
-        rate = info.get("rate") or (info["n"] / info["elapsed"] if info["elapsed"] else None)
+        ran = info["n"] - self.start  # a resumed run's earlier steps took no time here
+        rate = info.get("rate") or (ran / info["elapsed"] if info["elapsed"] else None)
         return (info["total"] - info["n"]) / rate if rate else None
 
     def step(self) -> None:
         self.bar.update()
-        if self.warned or self.bar.n < WARN_AFTER_STEPS:
+        if self.warned or self.bar.n - self.start < WARN_AFTER_STEPS:
             return
         self.warned = True
         left = self.seconds_left()

@@ -40,6 +40,8 @@ from filelock import FileLock  # noqa: E402
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
+from dogbreeds.fsutil import repo_root  # noqa: E402
+
 for _noisy in ("mlflow", "alembic"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 
@@ -52,18 +54,8 @@ MODEL_NAME = "model"  # the logged model's name inside each run: runs:/<run_id>/
 
 
 def store_root(cwd: Path | None = None) -> Path:
-    """The repository whose store and artifacts a run belongs to.
-
-    `DVC_ROOT` wins (set by DVC for experiments run in a temporary copy); otherwise the nearest
-    directory holding `.dvc/`, starting at `cwd`; otherwise `cwd` itself.
-    """
-    if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"]).resolve()
-    start = (cwd or Path.cwd()).resolve()
-    for folder in (start, *start.parents):
-        if (folder / ".dvc").is_dir():
-            return folder
-    return start
+    """The repository whose store and artifacts a run belongs to (see `fsutil.repo_root`)."""
+    return repo_root(cwd)
 
 
 def tracking_uri(root: Path) -> str:
@@ -213,6 +205,23 @@ def training_run(run_name: str, tags: Mapping[str, str], root: Path | None = Non
         run.end("FAILED")
         raise
     run.end("FINISHED")
+
+
+def mark_failed(run_id: str, root: Path | None = None) -> None:
+    """End run `run_id` as FAILED if it is still RUNNING (a process killed mid-run cannot).
+
+    A run missing from this store (another tracking URI, a deleted mlflow.db) is left alone.
+    """
+    client, _ = open_experiment(root)
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status="FAILED")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        log.warning(
+            "MLflow run %s is not in %s: not marking it FAILED", run_id, redact(client.tracking_uri)
+        )
 
 
 def resume_run(

@@ -6,6 +6,10 @@ hands both to the engine (`dogbreeds.engine`), then writes the checkpoint
 (`models/<run>.pt`, run = <arch>-<schedule>-seed<n>), the metrics JSON and the per-epoch TSV
 (`metrics/train/<run>.*`) and logs params, per-epoch metrics and the history into one MLflow
 run.
+
+A training that dies (SIGKILL, power cut) resumes on the next run from its last finished epoch
+(`dogbreeds.resume`): the dead attempt's MLflow run is marked FAILED, and the new run, tagged
+`resumed_from_run`, logs the earlier epochs again so its curves are whole.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ from pathlib import Path
 
 import torch
 
-from dogbreeds import tracking
+from dogbreeds import resume, tracking
 from dogbreeds.checkpoint import save_checkpoint
 from dogbreeds.deformconv import default_backend
 from dogbreeds.engine import (
     AMP_DTYPES,
     Normalize,
+    TrainState,
     channel_stats,
     configure_device,
     prepare_model,
@@ -56,11 +61,13 @@ def run_training(
     prepared: Path = Path("data/prepared"),
     models_dir: Path = Path("models"),
     metrics_dir: Path = Path("metrics/train"),
+    state_dir: Path | None = None,
 ) -> dict:
     """Train one net on one schedule from one seed; write checkpoint, metrics and history; log
     MLflow.
 
-    Returns the metrics JSON's content.
+    state_dir: where resume states live (default `<repo root>/.resume`). Returns the metrics
+    JSON's content.
     """
     schedule = select_run(params, arch, schedule_name, seed)
     params = replace(params, train=for_seed(params.train, seed))  # train.seed: this run's
@@ -86,49 +93,87 @@ def run_training(
     info = runtime(device, amp, backend if arch == "deformable" else None)
     log.info("%s: %d train, %d val images; %s", name, len(train.ids), len(val.ids), info)
 
-    tags = {**tracking.run_tags(arch, schedule_name), "seed": str(seed)}
-    with tracking.training_run(name, tags) as run:
-        run.log_params(run_params(params, arch, schedule))
-        run.set_tags({f"runtime.{k}": v for k, v in info.items()})
-        started = time.perf_counter()
-        history = train_model(
-            model, train, val, normalize, schedule, params.train,
-            params.model.deformable.offset_lr_mult,
-            on_epoch=lambda r: run.log_metrics(r.metrics(), step=r.epoch),
-            desc=name, dtype=AMP_DTYPES[amp],
-        )  # fmt: skip
-        wall_time = time.perf_counter() - started
-        last = history[-1]
-        summary = {
-            "train_loss": last.train_loss,
-            "train_acc": last.train_acc,
-            "val_loss": last.val_loss,
-            "val_acc": last.val_acc,
-            "epochs": last.epoch,
-            "wall_time_s": round(wall_time, 2),
-            **info,
-            "mlflow_run_id": run.run_id,  # the run cache may skip this stage: keep the id here
-        }
-        meta = {
-            "arch": arch,
-            "schedule": schedule_name,
-            "seed": seed,
-            "width_mult": params.model.width_mult,
-            "resolution": params.model.resolution,
-            "deform_backend": backend,
-            "amp": amp,
-            "breeds": train.breeds,
-            "mean": mean,
-            "std": std,
-            "history": [asdict(r) for r in history],
-        }
-        save_checkpoint(models_dir / f"{name}.pt", model, meta)
-        write_history(metrics_dir / f"{name}.tsv", history)
-        write_json(metrics_dir / f"{name}.json", summary)
+    key = resume.state_key(
+        run_params(params, arch, schedule), info, [prepared / "train.pt", prepared / "val.pt"]
+    )
+    state_path = resume.state_path(name, key, state_dir)
+    with resume.claim(state_path) as owned:
+        saved = resume.load_state(state_path) if owned else None
+        state, earlier = saved if saved else (None, {})
+        tags = {**tracking.run_tags(arch, schedule_name), "seed": str(seed)}
+        if state is not None:
+            tags |= resumed_tags(name, state, earlier, sum(schedule.epochs))
 
-        run.log_metrics({"wall_time_s": wall_time})
-        tracking.log_prepared_dataset(run, prepared)  # the data version, by its DVC hash
-        tracking.log_pyfunc_model(run, models_dir / f"{name}.pt")  # servable: runs:/<id>/model
-        run.log_artifact(metrics_dir / f"{name}.tsv")  # MLflow charts the curves itself
+        with tracking.training_run(name, tags) as run:
+            run.log_params(run_params(params, arch, schedule))
+            run.set_tags({f"runtime.{k}": v for k, v in info.items()})
+            for record in state.history if state else []:  # the run's curves start at epoch 1
+                run.log_metrics(record.metrics(), step=record.epoch)
+            started = time.perf_counter() - earlier.get("wall_time_s", 0.0)
+
+            def keep(new_state) -> None:
+                """After every epoch: the state a rerun continues from if this process dies."""
+                elapsed = round(time.perf_counter() - started, 3)
+                resume.save_state(
+                    state_path, new_state, {"mlflow_run_id": run.run_id, "wall_time_s": elapsed}
+                )
+
+            history = train_model(
+                model, train, val, normalize, schedule, params.train,
+                params.model.deformable.offset_lr_mult,
+                on_epoch=lambda r: run.log_metrics(r.metrics(), step=r.epoch),
+                desc=name, dtype=AMP_DTYPES[amp],
+                state=state, on_state=keep if owned else None,
+            )  # fmt: skip
+            wall_time = time.perf_counter() - started
+            last = history[-1]
+            summary = {
+                "train_loss": last.train_loss,
+                "train_acc": last.train_acc,
+                "val_loss": last.val_loss,
+                "val_acc": last.val_acc,
+                "epochs": last.epoch,
+                "wall_time_s": round(wall_time, 2),
+                **info,
+                "mlflow_run_id": run.run_id,  # the run cache may skip this stage: keep the id
+            }
+            meta = {
+                "arch": arch,
+                "schedule": schedule_name,
+                "seed": seed,
+                "width_mult": params.model.width_mult,
+                "resolution": params.model.resolution,
+                "deform_backend": backend,
+                "amp": amp,
+                "breeds": train.breeds,
+                "mean": mean,
+                "std": std,
+                "history": [asdict(r) for r in history],
+            }
+            save_checkpoint(models_dir / f"{name}.pt", model, meta)
+            write_history(metrics_dir / f"{name}.tsv", history)
+            write_json(metrics_dir / f"{name}.json", summary)
+
+            run.log_metrics({"wall_time_s": wall_time})
+            tracking.log_prepared_dataset(run, prepared)  # the data version, by its DVC hash
+            tracking.log_pyfunc_model(run, models_dir / f"{name}.pt")  # servable: runs:/<id>/model
+            run.log_artifact(metrics_dir / f"{name}.tsv")  # MLflow charts the curves itself
+        if owned:
+            resume.remove_state(state_path)  # the outputs are written: nothing left to resume
     log.info("%s: done in %s, val acc %.4f", name, human_duration(wall_time), last.val_acc)
     return summary
+
+
+def resumed_tags(name: str, state: TrainState, earlier: dict, epochs: int) -> dict[str, str]:
+    """Say that a run resumes a killed one, mark that one FAILED, and tag the new run with it."""
+    previous = earlier["mlflow_run_id"]
+    tracking.mark_failed(previous)
+    log.info(
+        "%s: resuming after epoch %d of %d (a killed run's state); its MLflow run %s is "
+        "marked FAILED",
+        name,
+        state.epochs_done,
+        epochs,
+        previous,
+    )
+    return {"resumed_from_run": previous, "resumed_at_epoch": str(state.epochs_done)}

@@ -52,8 +52,19 @@ def test_split_csv_keeps_the_manifest_columns_and_order(tmp_path: Path) -> None:
 
 
 def test_too_few_images_is_an_error_naming_the_params(tmp_path: Path) -> None:
-    source = manifest(per_breed=2)
+    source = manifest(per_breed=3)  # one per split, but a test share of 0.25 is 5 < 7 breeds
     source.to_csv(tmp_path / "manifest.csv", index=False)
     with pytest.raises(SplitError, match=r"split.val=0.25, split.test=0.25"):
+        split_manifest(params_with().split, tmp_path / "manifest.csv", tmp_path / "split")
+    assert not (tmp_path / "split").exists()
+
+
+def test_a_breed_too_small_to_stratify_is_named(tmp_path: Path) -> None:
+    source = manifest(per_breed=20)
+    source = source[(source["breed"] != "pug") | (source.index % 20 < 2)]  # 2 pugs left
+    source.to_csv(tmp_path / "manifest.csv", index=False)
+    with pytest.raises(
+        SplitError, match=r"^breed 'pug' has 2 image\(s\) after merge; .* at least 3"
+    ):
         split_manifest(params_with().split, tmp_path / "manifest.csv", tmp_path / "split")
     assert not (tmp_path / "split").exists()

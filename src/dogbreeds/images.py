@@ -38,8 +38,8 @@ def _describe(exc: Exception) -> str:
     """A short, deterministic reason (Pillow's own messages can embed paths or object ids)."""
     if isinstance(exc, UnidentifiedImageError):
         return "not an image Pillow can decode"
-    if isinstance(exc, Image.DecompressionBombError):
-        return "too many pixels (decompression bomb guard)"
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return f"too many pixels (decompression bomb guard: over {Image.MAX_IMAGE_PIXELS})"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -61,15 +61,24 @@ def decode_rgb(data: bytes, draft_size: tuple[int, int] | None = None) -> Image.
 
     `draft_size` lets the JPEG decoder scale down by 1/2, 1/4 or 1/8 while keeping at least
     that size: several times faster for big photos that are about to be shrunk anyway.
+
+    Pillow only warns between MAX_IMAGE_PIXELS and twice that, and then decodes the whole
+    image; here the warning is an error, so no file can make a stage allocate gigabytes.
     """
     if not data:
         raise UnreadableImage("empty file")
     try:
-        image = Image.open(io.BytesIO(data))
-        if draft_size is not None:
-            image.draft("RGB", draft_size)
-        image.load()  # decode now, so truncation is caught here rather than later
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if draft_size is not None:
+                image.draft("RGB", draft_size)
+            image.load()  # decode now, so truncation is caught here rather than later
+        if 0 in image.size:
+            raise UnreadableImage("zero-size image")
         return _to_rgb(ImageOps.exif_transpose(image))
+    except UnreadableImage:
+        raise
     except Exception as exc:  # untrusted files: a decoder may raise nearly anything
         raise UnreadableImage(_describe(exc)) from exc
 

@@ -1,12 +1,16 @@
 """Typed view of params.yaml, read once and validated before any work.
 
 Every stage reads the whole file through `load_params`, so a bad value anywhere is reported
-before the first byte of output is written, with the offending key named.
+before the first byte of output is written, with the offending key named. A key that no
+dataclass below reads (a typo such as `train.batchsize`) is refused too, with the closest
+real key, rather than silently ignored while the default runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import difflib
+import typing
+from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,8 @@ DEFORM_BACKENDS = ("auto", "reference", "gather", "torchvision")  # deformconv.B
 DEVICES = ("auto", "cpu", "cuda")
 AMPS = ("auto", "off", "bf16", "fp16")
 ROBUSTNESS_KINDS = ("affine", "perspective", "elastic", "all")
+# The nets halve the side 4 times (models.py): below 16 px the last layers see a padded pixel.
+MIN_RESOLUTION = 16
 
 
 class ParamsError(DogbreedsError):
@@ -204,17 +210,45 @@ def _choices(tree: dict, key: str, valid: tuple[str, ...]) -> list[str]:
     return list(values)
 
 
+def _sha256(tree: dict, key: str) -> str:
+    """A sha256 pin: 64 hex digits, or '' (or null) for none.
+
+    Anything else is refused, never read as "unset": YAML turns an unquoted all-digit value
+    into a number (`sha256: 0`), and an unverified archive must be a deliberate choice.
+    """
+    sha = _get(tree, key)
+    if sha is None:
+        return ""
+    if not isinstance(sha, str):
+        raise ParamsError(
+            f"params: '{key}' must be a quoted string of 64 hex digits or '', got the "
+            f"{type(sha).__name__} {sha!r} (YAML reads unquoted digits as a number)"
+        )
+    if sha and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower())):
+        raise ParamsError(f"params: '{key}' must be 64 hex digits or empty, got {sha!r}")
+    return sha.lower()
+
+
 def _source(tree: dict, name: str, breeds: list[str]) -> SourceParams:
-    url, sha = _get(tree, f"data.{name}.url"), _get(tree, f"data.{name}.sha256")
+    url = _get(tree, f"data.{name}.url")
     if not isinstance(url, str) or not url:
         raise ParamsError(f"params: 'data.{name}.url' must be a non-empty string")
-    sha = sha or ""
-    if sha and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower())):
-        raise ParamsError(f"params: 'data.{name}.sha256' must be 64 hex digits or empty")
+    sha = _sha256(tree, f"data.{name}.sha256")
     folders = _get(tree, f"data.{name}.folders")
     if not isinstance(folders, dict) or set(folders) != set(breeds):
         raise ParamsError(f"params: 'data.{name}.folders' must map exactly the breeds {breeds}")
-    return SourceParams(url=url, sha256=sha.lower(), folders={b: str(folders[b]) for b in breeds})
+    return SourceParams(url=url, sha256=sha, folders={b: str(folders[b]) for b in breeds})
+
+
+def _resolution(tree: dict, key: str) -> int:
+    """The input side: an integer the nets can take down through their 4 stride-2 layers."""
+    value = _num(tree, key, int)
+    if value < MIN_RESOLUTION:
+        raise ParamsError(
+            f"params: '{key}' is {value}: too small for the nets, which halve the side 4 times; "
+            f"use >= {MIN_RESOLUTION}"
+        )
+    return value
 
 
 def _seeds(tree: dict, key: str) -> list[int]:
@@ -248,10 +282,60 @@ def _schedule(tree: dict, name: str) -> Schedule:
     return Schedule(name=name, epochs=[int(e) for e in epochs], max_lr=[float(x) for x in max_lr])
 
 
+# ---------------------------------------------------------------------------------------------
+# Unknown keys: the dataclasses above are the schema
+# ---------------------------------------------------------------------------------------------
+
+# Mappings in params.yaml that no dataclass field reads, with why they exist.
+EXTRA_KEYS = {
+    "model": set(ARCHS),  # model.<arch>: each net's own knobs, a train-stage param in dvc.yaml
+}
+
+
+def _mapping_of(kind: Any) -> Any:
+    """For `dict[str, X]` with X a dataclass, X (each value is checked against it); else None."""
+    if typing.get_origin(kind) is dict:
+        value = typing.get_args(kind)[1]
+        return value if is_dataclass(value) else None
+    return None
+
+
+def unknown_keys(tree: Any, schema: type, prefix: str = "") -> list[tuple[str, list[str]]]:
+    """Every key in `tree` that `schema` (a dataclass) does not read, with the keys it does.
+
+    Fields typed as a dataclass are followed; `dict[str, Dataclass]` checks each value; other
+    mappings (breed folders, deformation knobs) are left to their own checks.
+    """
+    if not isinstance(tree, dict):
+        return []
+    hints = typing.get_type_hints(schema)
+    known = [f.name for f in fields(schema)] + sorted(EXTRA_KEYS.get(prefix.rstrip("."), ()))
+    found = []
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if key not in known:
+            found.append((name, [f"{prefix}{k}" for k in known]))
+        elif key in hints and is_dataclass(hints[key]):
+            found += unknown_keys(value, hints[key], f"{name}.")
+        elif key in hints and (inner := _mapping_of(hints[key])) and isinstance(value, dict):
+            for item, sub in value.items():
+                found += unknown_keys(sub, inner, f"{name}.{item}.")
+    return found
+
+
+def check_known_keys(tree: dict) -> None:
+    """Refuse the first key no stage reads, naming the closest real key (difflib)."""
+    for key, known in unknown_keys(tree, Params):
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; known here: {', '.join(known)}"
+        raise ParamsError(f"params: unknown key '{key}'{hint}")
+
+
 def parse_params(tree: dict) -> Params:
     """Validate a params tree (as loaded from YAML) into typed configs."""
     if not isinstance(tree, dict):
         raise ParamsError("params: the file must hold a mapping")
+    check_known_keys(tree)
     breeds = _get(tree, "data.breeds")
     if not isinstance(breeds, list) or len(breeds) < 2 or len(set(breeds)) != len(breeds):
         raise ParamsError("params: 'data.breeds' must list at least 2 distinct breeds")
@@ -289,7 +373,7 @@ def parse_params(tree: dict) -> Params:
     )
     model = ModelParams(
         width_mult=_num(tree, "model.width_mult", float, 0, lo_open=True),
-        resolution=_num(tree, "model.resolution", int, 16),
+        resolution=_resolution(tree, "model.resolution"),
         deformable=DeformableParams(
             backend=_choice(tree, "model.deformable.backend", DEFORM_BACKENDS),
             offset_lr_mult=_num(tree, "model.deformable.offset_lr_mult", float, 0),

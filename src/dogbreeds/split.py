@@ -26,8 +26,26 @@ class SplitError(DogbreedsError):
     """The manifest cannot be split as asked; the message names the params."""
 
 
+def check_breed_counts(manifest: pd.DataFrame) -> None:
+    """Every breed needs an image in each of train, val and test to be stratified at all.
+
+    scikit-learn's own error names neither the breed nor the fix, so the smallest breed is
+    named first; fractions that are still too small for the counts fail below, named too.
+    """
+    counts = manifest["breed"].value_counts()
+    few = counts[counts < len(SPLITS)]
+    if len(few):
+        breed, n = few.index[0], int(few.iloc[0])
+        raise SplitError(
+            f"breed '{breed}' has {n} image(s) after merge; a stratified train/val/test split "
+            f"needs at least {len(SPLITS)} per breed (see data/merged/rejected.csv and the "
+            f"source's 'data.<source>.folders')"
+        )
+
+
 def assign_splits(manifest: pd.DataFrame, params: SplitParams) -> pd.DataFrame:
     """The manifest with a `split` column; rows keep their order."""
+    check_breed_counts(manifest)
     try:
         rest, test = train_test_split(
             manifest, test_size=params.test, random_state=params.seed, stratify=manifest["breed"]

@@ -146,18 +146,75 @@ def test_local_directory_is_copied_with_the_same_rules(tmp_path: Path) -> None:
     }
 
 
-def test_directory_with_a_checksum_is_refused(tmp_path: Path) -> None:
+def test_a_directory_is_pinned_by_the_tree_hash_of_its_breed_folders(tmp_path: Path) -> None:
     tree = write_tree(tmp_path / "dbi-copy", dbi_files())
-    with pytest.raises(SourceError, match="'data.dbi.sha256' is set but .* is a directory"):
-        fetch_source("dbi", dbi_source(tree, "0" * 64), tmp_path / "out", tmp_path / "dl")
+    pin = sources.tree_sha256(tree, set(params_with().data.dbi.folders.values()))
+    fetch_source("dbi", dbi_source(tree, pin), tmp_path / "a", tmp_path / "dl")
+    assert len(written(tmp_path / "a")) == len(STANFORD_WRITTEN)
+
+    (tree / "dog-breed-images/corgi/new.jpg").write_bytes(b"a breed the study does not use")
+    fetch_source("dbi", dbi_source(tree, pin), tmp_path / "b", tmp_path / "dl")  # same pin
+
+    (tree / "dog-breed-images/pug/good5.jpg").write_bytes(b"changed upstream")
+    with pytest.raises(SourceError, match=f"data.dbi: tree hash mismatch .* expected {pin}"):
+        fetch_source("dbi", dbi_source(tree, pin), tmp_path / "c", tmp_path / "dl")
+
+
+def test_an_unpinned_source_logs_the_hash_to_pin_it_with(tmp_path: Path, caplog) -> None:
+    archive = write_tar(tmp_path / "images.tar", stanford_files(), hostile=False)
+    fetch_source("stanford", stanford_source(archive), tmp_path / "a", tmp_path / "dl")
+    assert f"data.stanford.sha256={sha256(archive)}" in caplog.text
 
 
 def test_file_url_and_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     archive = write_tar(tmp_path / "images.tar", stanford_files(), hostile=False)
     fetch_source("stanford", stanford_source(archive.as_uri()), tmp_path / "a", tmp_path / "dl")
+    monkeypatch.delenv("DVC_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)  # relative paths are relative to the repository root
     fetch_source("stanford", stanford_source("images.tar"), tmp_path / "b", tmp_path / "dl")
     assert written(tmp_path / "a") == written(tmp_path / "b") == STANFORD_WRITTEN
+
+
+def test_relative_paths_and_downloads_resolve_against_dvc_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under dvc exp run --temp / dvc queue the cwd is a temporary copy without ignored files."""
+    main = tmp_path / "main"
+    (main / "data").mkdir(parents=True)
+    archive = write_tar(main / "data" / "images.tar", stanford_files(), hostile=False)
+    copy = main / ".dvc" / "tmp" / "exps" / "run1"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DVC_ROOT", str(main))
+    relative = params_with(
+        **{
+            "data.sources": ["stanford"],
+            "data.stanford.url": "data/images.tar",
+            "data.stanford.sha256": "",
+        }
+    )
+    download_sources(relative.data, copy / "data" / "raw")  # found in main, not in the copy
+
+    saved_to = []
+    monkeypatch.setattr(
+        sources, "http_download", lambda url, dest, key: saved_to.append(dest) or archive
+    )
+    remote = params_with(
+        **{
+            "data.sources": ["stanford"],
+            "data.stanford.url": "http://h/images.tar",
+            "data.stanford.sha256": "",
+        }
+    )
+    download_sources(remote.data, copy / "data" / "raw")
+    assert saved_to[0].parent == main / "data" / "downloads"  # survives the copy's deletion
+
+
+def test_the_download_cache_is_keyed_by_the_whole_url(tmp_path: Path) -> None:
+    one = sources.download_path("https://a.org/v1/images.tar", tmp_path, "stanford")
+    two = sources.download_path("https://a.org/v2/images.tar", tmp_path, "stanford")
+    assert one != two and one.name.endswith("-images.tar") and two.name.endswith("-images.tar")
+    assert one == sources.download_path("https://a.org/v1/images.tar", tmp_path, "stanford")
 
 
 def test_unknown_scheme_and_missing_path_name_the_param(tmp_path: Path) -> None:
@@ -302,6 +359,41 @@ def test_kaggle_failure_gives_the_manual_steps(tmp_path: Path, monkeypatch) -> N
     assert "\n" not in message and "no route to host retrying" in message
     assert "https://www.kaggle.com/datasets/eward96/dog-breed-images" in message
     assert "-S data.dbi.url=data/downloads/dog-breed-images.zip" in message
+
+
+def test_kaggle_versions_are_pinned_and_bad_kaggle_urls_refused(tmp_path, monkeypatch, caplog):
+    import kagglehub
+
+    cache = write_tree(tmp_path / "cache", dbi_files())
+    asked = []
+    monkeypatch.setattr(kagglehub, "dataset_download", lambda h: asked.append(h) or str(cache))
+    url = "kaggle://eward96/dog-breed-images/versions/2"
+    fetch_source("dbi", dbi_source(url), tmp_path / "o", tmp_path)
+    assert asked == ["eward96/dog-breed-images/versions/2"]
+    assert "names no version" not in caplog.text
+
+    fetch_source("dbi", dbi_source("kaggle://eward96/dog-breed-images"), tmp_path / "p", tmp_path)
+    assert "names no version, so an upstream update changes the data silently" in caplog.text
+
+    for bad in ("kaggle://eward96", "kaggle://a/b/versions/latest", "kaggle://a/b/c"):
+        with pytest.raises(SourceError, match="kaggle://owner/dataset/versions/N"):
+            fetch_source("dbi", dbi_source(bad), tmp_path / "q", tmp_path)
+
+
+def test_a_kaggle_token_never_reaches_a_message(tmp_path: Path, monkeypatch) -> None:
+    import kagglehub
+
+    token = "fake-kaggle-token-5f3a9c"
+    monkeypatch.setenv("KAGGLE_KEY", token)
+
+    def refused(handle: str) -> str:
+        raise PermissionError(f"401 for key {token} at https://user:{token}@www.kaggle.com/api")
+
+    monkeypatch.setattr(kagglehub, "dataset_download", refused)
+    with pytest.raises(SourceError) as error:
+        fetch_source("dbi", dbi_source("kaggle://eward96/dog-breed-images"), tmp_path, tmp_path)
+    assert token not in str(error.value) and "401 for key ***" in str(error.value)
+    assert "https://user:***@www.kaggle.com" in str(error.value)
 
 
 def test_kaggle_download_is_used_as_a_directory(tmp_path: Path, monkeypatch) -> None:

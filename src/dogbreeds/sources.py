@@ -4,8 +4,16 @@ For each name in `data.sources` the stage writes `data/raw/<source>/<folder>/<fi
 
 * `synthetic` is generated (see `dogbreeds.synthetic`);
 * `stanford` and `dbi` come from `data.<source>.url`: an http(s) URL (downloaded, resumable,
-  into `data/downloads/`, which is not a DVC output so a partial download survives a failed
-  run), a `file://` URL, a local archive, a local directory, or for Kaggle `kaggle://owner/name`.
+  into `<root>/data/downloads/<hash of the URL>-<file name>`, which is not a DVC output so a
+  partial download survives a failed run), a `file://` URL, a local archive, a local directory,
+  or for Kaggle `kaggle://owner/name`, pinned as `kaggle://owner/name/versions/N`.
+
+`<root>` is the main repository (`fsutil.repo_root`), and relative paths resolve against it
+too: under `dvc exp run --temp` and `dvc queue` a stage runs in a temporary copy that holds no
+git-ignored files and is deleted afterwards.
+
+`data.<source>.sha256` pins a source: the sha256 of an archive's bytes, or for a directory
+(a local one, or what Kaggle downloads) the tree hash of its breed folders (`tree_sha256`).
 
 Archives are never extracted wholesale. Each member is checked by `RawWriter.place`: only
 regular files whose parent folder is one of the source's breed folders (at any depth) are
@@ -39,7 +47,7 @@ from urllib.request import url2pathname
 from tqdm import tqdm
 
 from dogbreeds import DogbreedsError
-from dogbreeds.fsutil import atomic_path
+from dogbreeds.fsutil import atomic_path, repo_root
 from dogbreeds.params import DataParams, SourceParams
 from dogbreeds.synthetic import write_synthetic
 
@@ -47,6 +55,8 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # bytes per read when downloading, hashing and copying
 KAGGLE_PAGE = "https://www.kaggle.com/datasets/{handle}"
+# kaggle://owner/dataset, optionally pinned to one version: kaggle://owner/dataset/versions/3
+KAGGLE_URL = re.compile(r"^kaggle://([\w.-]+)/([\w.-]+)(?:/versions/(\d+))?/?$")
 # What reading one member can raise when only that member is damaged (bad CRC, encrypted, ...).
 MEMBER_READ_ERRORS = (
     OSError,
@@ -269,6 +279,46 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def tree_sha256(root: Path, folders: set[str]) -> str:
+    """The content hash of a directory source: what `copy_directory` would take from it.
+
+    sha256 over the sorted lines `<relative path> <sha256 of the file>` of every regular file
+    that sits in one of the breed folders (at any depth, by the same rules as extraction).
+    Files elsewhere do not count, so a dataset that adds a breed the study does not use keeps
+    its hash; a changed, added or removed image in a used breed changes it.
+    """
+    lines = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            member = path.relative_to(root).as_posix()
+            if stat.S_ISREG(path.lstat().st_mode) and not isinstance(
+                classify(member, folders), str
+            ):
+                lines.append(f"{member} {sha256_of(path)}\n")
+    return hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
+
+
+def redact_secrets(text: str) -> str:
+    """`text` with the Kaggle key and any password in a URL replaced by ***, for messages."""
+    for var in ("KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        secret = os.environ.get(var)
+        if secret:
+            text = text.replace(secret, "***")
+    return re.sub(r"(\w+://[^/\s:@]+):[^@\s/]+@", r"\1:***@", text)
+
+
+def download_path(url: str, downloads_dir: Path, name: str) -> Path:
+    """Where `url` is cached: one file per URL, keyed by a hash of the whole URL.
+
+    Two URLs ending in the same file name (`.../v1/images.tar`, `.../v2/images.tar`) never
+    share a cache entry, even when neither has a sha256 to tell them apart.
+    """
+    filename = Path(urlparse(url).path).name or f"{name}.download"
+    return downloads_dir / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{filename}"
+
+
 def http_download(url: str, dest: Path, key: str) -> Path:
     """Download `url` to `dest`, resuming from `dest.part` when an earlier run was cut off.
 
@@ -324,17 +374,37 @@ def http_download(url: str, dest: Path, key: str) -> Path:
     return dest
 
 
+def kaggle_handle(url: str, key: str) -> str:
+    """kaggle://owner/dataset[/versions/N] -> kagglehub's handle, warning when it is unpinned."""
+    match = KAGGLE_URL.match(url)
+    if not match:
+        raise SourceError(
+            f"params: '{key}' is {url!r}; a Kaggle source is kaggle://owner/dataset or "
+            "kaggle://owner/dataset/versions/N"
+        )
+    owner, dataset, version = match.groups()
+    if version is None:
+        log.warning(
+            "%s: %s names no version, so an upstream update changes the data silently; pin it "
+            "as kaggle://%s/%s/versions/N or with the tree hash in data.<source>.sha256",
+            key, url, owner, dataset,
+        )  # fmt: skip
+        return f"{owner}/{dataset}"
+    return f"{owner}/{dataset}/versions/{version}"
+
+
 def kaggle_download(url: str, key: str) -> Path:
     """Download a Kaggle dataset with kagglehub; any failure becomes the manual steps."""
-    handle = url.removeprefix("kaggle://").strip("/")
+    handle = kaggle_handle(url, key)
+    dataset = handle.split("/versions/")[0]
     try:
         import kagglehub
 
         return Path(kagglehub.dataset_download(handle))
     except Exception as exc:  # no network, no credentials, renamed dataset...: same advice
-        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
-        page = KAGGLE_PAGE.format(handle=handle)
-        example = f"data/downloads/{handle.split('/')[-1]}.zip"
+        detail = redact_secrets(" ".join(f"{type(exc).__name__}: {exc}".split()))
+        page = KAGGLE_PAGE.format(handle=dataset)
+        example = f"data/downloads/{dataset.split('/')[-1]}.zip"
         raise SourceError(
             f"params: '{key}': Kaggle download of {handle} failed ({detail}). Manual steps: "
             f"open {page}, click Download, save the zip (e.g. as {example}) and set {key} "
@@ -343,20 +413,25 @@ def kaggle_download(url: str, key: str) -> Path:
 
 
 def resolve(name: str, source: SourceParams, downloads_dir: Path) -> Path:
-    """Turn data.<name>.url into a local archive file or directory, downloading if needed."""
+    """Turn data.<name>.url into a local archive file or directory, downloading if needed.
+
+    Relative paths are relative to the main repository (`repo_root`), not the working
+    directory, so a stage run in DVC's temporary copy finds the same files.
+    """
     key, url = f"data.{name}.url", source.url
     parsed = urlparse(url)
     # A one-letter "scheme" is a Windows drive ("C:\\data"), i.e. a local path.
     scheme = parsed.scheme.lower() if len(parsed.scheme) > 1 else ""
     if scheme in ("http", "https"):
-        filename = Path(parsed.path).name or f"{name}.download"
-        return http_download(url, downloads_dir / filename, key)
+        return http_download(url, download_path(url, downloads_dir, name), key)
     if scheme == "kaggle":
         return kaggle_download(url, key)
     if scheme == "file":
         path = Path(url2pathname(parsed.path))
     elif scheme == "":
-        path = Path(url)  # relative paths are relative to the repository root (the cwd)
+        path = Path(url)
+        if not path.is_absolute():
+            path = repo_root() / path
     else:
         raise SourceError(
             f"params: '{key}' has unknown scheme '{scheme}'; "
@@ -368,26 +443,40 @@ def resolve(name: str, source: SourceParams, downloads_dir: Path) -> Path:
 
 
 def verify(name: str, source: SourceParams, path: Path, downloads_dir: Path) -> None:
-    """Check the sha256 before anything is extracted; a bad download is deleted."""
-    if not source.sha256:
-        log.warning("data.%s.sha256 is empty: %s is used unverified", name, path)
-        return
+    """Check the pin before anything is extracted; a bad download is deleted.
+
+    An archive is pinned by the sha256 of its bytes, a directory by `tree_sha256`. Without a
+    pin the source is used, and the hash to pin it with is logged.
+    """
+    key = f"data.{name}.sha256"
     if path.is_dir():
-        raise SourceError(
-            f"params: 'data.{name}.sha256' is set but {path} is a directory; "
-            f"a checksum needs an archive: set data.{name}.sha256 to ''"
-        )
-    actual = sha256_of(path)
+        actual, what = tree_sha256(path, set(source.folders.values())), "tree hash"
+    else:
+        actual, what = sha256_of(path), "sha256"
+    if not source.sha256:
+        log.warning("%s is empty: %s is used unverified; pin it with %s=%s", key, path, key, actual)
+        return
     if actual != source.sha256:
         note = ""
-        if path.resolve().is_relative_to(downloads_dir.resolve()):
+        if path.is_file() and path.resolve().is_relative_to(downloads_dir.resolve()):
             path.unlink()
             note = " (the download was deleted; run again to fetch it anew)"
         raise SourceError(
-            f"data.{name}: sha256 mismatch for {path}: expected {source.sha256} "
-            f"(data.{name}.sha256), got {actual}{note}"
+            f"data.{name}: {what} mismatch for {path}: expected {source.sha256} "
+            f"({key}), got {actual}{note}"
         )
-    log.info("%s: sha256 verified", name)
+    log.info("%s: %s verified", name, what)
+
+
+def not_an_archive(path: Path) -> str | None:
+    """Why a file is plainly not an archive (empty, or an HTML page saved in its place)."""
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    if not head:
+        return "is empty (0 bytes)"
+    if head.lstrip().lower().startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
+        return "is an HTML page, not an archive (an error or login page saved in its place?)"
+    return None
 
 
 def fetch_source(name: str, source: SourceParams, out_dir: Path, downloads_dir: Path) -> int:
@@ -400,6 +489,8 @@ def fetch_source(name: str, source: SourceParams, out_dir: Path, downloads_dir: 
         copy_directory(path, writer)
     else:
         extractor = ARCHIVE_TYPES[archive_type(path, f"data.{name}.url")]
+        if problem := not_an_archive(path):
+            raise SourceError(f"data.{name}: {path} {problem}")
         try:
             extractor(path, writer)
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:
@@ -408,12 +499,14 @@ def fetch_source(name: str, source: SourceParams, out_dir: Path, downloads_dir: 
 
 
 def download_sources(
-    data: DataParams, raw_dir: Path = Path("data/raw"), downloads_dir: Path = Path("data/downloads")
+    data: DataParams, raw_dir: Path = Path("data/raw"), downloads_dir: Path | None = None
 ) -> dict[str, int]:
     """Fill raw_dir with one folder per source in data.sources; return files per source.
 
-    raw_dir appears only when every source succeeded (an error leaves nothing behind).
+    downloads_dir defaults to `<repo root>/data/downloads`. raw_dir appears only when every
+    source succeeded (an error leaves nothing behind).
     """
+    downloads_dir = downloads_dir or repo_root() / "data" / "downloads"
     counts: dict[str, int] = {}
     with atomic_path(raw_dir) as tmp:
         tmp.mkdir()

@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 from tqdm.contrib.concurrent import process_map
@@ -43,10 +44,24 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """A 16-bit greyscale image as 8-bit "L", keeping the top byte of each pixel.
+
+    Pillow's own conversion clips 16-bit values at 255, which turns nearly every pixel white.
+    Mode "I" (32-bit) holds 16-bit data from some decoders, or 8-bit data from others.
+    """
+    pixels = np.asarray(image).astype(np.int64)
+    if image.mode.startswith("I;16") or pixels.max(initial=0) > 255:
+        pixels = pixels >> 8
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "L")
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Convert any mode to RGB, compositing transparent images onto white."""
     if image.mode == "RGB":
         return image
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        image = _to_8bit(image)
     if image.mode in _ALPHA_MODES:
         with warnings.catch_warnings():  # "palette with transparency" is expected here
             warnings.simplefilter("ignore")
@@ -74,11 +89,7 @@ def decode_rgb(data: bytes, draft_size: tuple[int, int] | None = None) -> Image.
             if draft_size is not None:
                 image.draft("RGB", draft_size)
             image.load()  # decode now, so truncation is caught here rather than later
-        if 0 in image.size:
-            raise UnreadableImage("zero-size image")
         return _to_rgb(ImageOps.exif_transpose(image))
-    except UnreadableImage:
-        raise
     except Exception as exc:  # untrusted files: a decoder may raise nearly anything
         raise UnreadableImage(_describe(exc)) from exc
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 from conftest import ROOT
@@ -105,3 +107,92 @@ def test_two_processes_creating_the_store_at_once_both_succeed(tmp_path):
     assert len(client.search_experiments()) == 2  # "Default" and ours, created once
     runs = client.search_runs([experiment_id])
     assert sorted(r.info.run_id for r in runs) == sorted(out.strip() for out, _ in outputs)
+
+
+def test_four_writers_at_once_lose_nothing(tmp_path):
+    """What `dvc queue start -j N` does to the store: writers at the same instant, every run
+    complete, no "database is locked" (every write holds the lock beside mlflow.db)."""
+    script = textwrap.dedent("""
+        import sys, time
+        from pathlib import Path
+        from dogbreeds import tracking
+        root, me = Path(sys.argv[1]), sys.argv[2]
+        client, _ = tracking.open_experiment(root)
+        (root / f"ready-{me}").touch()
+        while len(list(root.glob("ready-*"))) < 4:
+            time.sleep(0.001)
+        with tracking.training_run(f"writer-{me}", {}, root) as run:
+            run.log_params({"train": {"seed": me}})
+            for step in range(1, 31):
+                run.log_metrics({"val_acc": step / 30, "train_loss": 1 / step}, step=step)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    tracking.open_experiment(tmp_path)  # the store exists: this test is about writes
+    writers = [
+        subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(i)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(4)
+    ]  # fmt: skip
+    outputs = [writer.communicate(timeout=300) for writer in writers]
+
+    assert [writer.returncode for writer in writers] == [0] * 4, outputs
+    assert not [err for _, err in outputs if "database is locked" in err]
+    client, experiment_id = tracking.open_experiment(tmp_path)
+    runs = client.search_runs([experiment_id])
+    assert sorted(r.info.run_name for r in runs) == [f"writer-{i}" for i in range(4)]
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
+        assert sorted(steps) == list(range(1, 31))
+
+
+def test_a_locked_store_is_retried_with_backoff_and_other_errors_are_not(monkeypatch):
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "written"
+
+    assert tracking.write("http://server", flaky, "test") == "written" and len(calls) == 3
+    with pytest.raises(ValueError, match="other"):
+        tracking.write("http://server", lambda: (_ for _ in ()).throw(ValueError("other")), "x")
+
+
+def test_no_credential_reaches_params_tags_or_logs(tmp_path, monkeypatch, caplog):
+    token = "fake-kaggle-token-5f3a9c"
+    monkeypatch.setenv("KAGGLE_KEY", token)
+    secret_url = "https://alice:hunter2pw@data.example/images.tar"
+    with tracking.training_run("secrets", {"source": secret_url}, tmp_path) as run:
+        run.log_params({"data": {"stanford": {"url": secret_url}, "note": f"key {token}"}})
+        run.set_tags({"echo": f"token={token}"})
+    client, _ = tracking.open_experiment(tmp_path)
+    stored = client.get_run(run.run_id).data
+    values = [*stored.params.values(), *stored.tags.values(), caplog.text]
+    assert not [v for v in values if token in v or "hunter2pw" in v]
+    assert stored.params["data.stanford.url"] == "https://alice:***@data.example/images.tar"
+    assert stored.params["data.note"] == "key ***"
+
+
+BUSY_TIMEOUT_S = 20
+
+
+@pytest.mark.slow
+def test_a_lock_held_longer_than_sqlites_busy_timeout_is_waited_out(tmp_path, caplog):
+    """Another program (a UI, a backup) holds the database for longer than the busy timeout
+    MLflow 3.17 sets (20 s, mlflow/store/db/utils.py): the write fails with "database is
+    locked" once, then succeeds on a retry."""
+    with tracking.training_run("patient", {}, tmp_path) as run:
+        db = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None, check_same_thread=False)
+        db.execute("BEGIN EXCLUSIVE")
+        release = threading.Timer(BUSY_TIMEOUT_S + 2, lambda: db.execute("COMMIT"))
+        release.start()
+        run.log_metrics({"val_acc": 0.5}, step=1)
+        release.join()
+        db.close()
+    assert "MLflow store busy (metrics, try 1)" in caplog.text
+    client, _ = tracking.open_experiment(tmp_path)
+    assert client.get_run(run.run_id).data.metrics["val_acc"] == 0.5

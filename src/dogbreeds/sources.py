@@ -49,6 +49,7 @@ from tqdm import tqdm
 from dogbreeds import DogbreedsError
 from dogbreeds.fsutil import atomic_path, repo_root
 from dogbreeds.params import DataParams, SourceParams
+from dogbreeds.redact import redact
 from dogbreeds.synthetic import write_synthetic
 
 log = logging.getLogger(__name__)
@@ -300,15 +301,6 @@ def tree_sha256(root: Path, folders: set[str]) -> str:
     return hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
 
 
-def redact_secrets(text: str) -> str:
-    """`text` with the Kaggle key and any password in a URL replaced by ***, for messages."""
-    for var in ("KAGGLE_KEY", "KAGGLE_API_TOKEN"):
-        secret = os.environ.get(var)
-        if secret:
-            text = text.replace(secret, "***")
-    return re.sub(r"(\w+://[^/\s:@]+):[^@\s/]+@", r"\1:***@", text)
-
-
 def download_path(url: str, downloads_dir: Path, name: str) -> Path:
     """Where `url` is cached: one file per URL, keyed by a hash of the whole URL.
 
@@ -402,7 +394,7 @@ def kaggle_download(url: str, key: str) -> Path:
 
         return Path(kagglehub.dataset_download(handle))
     except Exception as exc:  # no network, no credentials, renamed dataset...: same advice
-        detail = redact_secrets(" ".join(f"{type(exc).__name__}: {exc}".split()))
+        detail = redact(" ".join(f"{type(exc).__name__}: {exc}".split()))
         page = KAGGLE_PAGE.format(handle=dataset)
         example = f"data/downloads/{dataset.split('/')[-1]}.zip"
         raise SourceError(

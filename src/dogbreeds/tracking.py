@@ -23,13 +23,14 @@ import hashlib
 import json
 import logging
 import os
+import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 # Before mlflow is imported: no usage telemetry, and no INFO chatter in every stage's log.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -41,11 +42,13 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.exceptions import MlflowException  # noqa: E402
 
 from dogbreeds.fsutil import repo_root  # noqa: E402
+from dogbreeds.redact import redact  # noqa: E402
 
 for _noisy in ("mlflow", "alembic"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EXPERIMENT = "dogbreeds"
 # The experiment's kind: model training (MLflow 3.17's UI still opens on GenAI; see ui_url).
@@ -63,15 +66,55 @@ def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
 
 
+# ----------------------------------------------------------------------------- concurrent writers
+
+# `dvc queue start -j N` runs N stages at once against one SQLite file. SQLite lets one writer
+# in at a time and makes the others wait at most a busy timeout, after which they fail with
+# "database is locked". So every write of this package holds a file lock beside the database
+# (writers queue up in the OS, however long a write takes), and a write that still meets a
+# lock (a reader such as `mlflow ui` or another tool) is retried with backoff.
+WRITE_ATTEMPTS = 8
+_locks: dict[str, FileLock] = {}
+
+
+def file_lock(path: str | Path) -> FileLock:
+    """One lock object per path in a process, so that holding it twice (nested) is safe."""
+    return _locks.setdefault(str(path), FileLock(str(path)))
+
+
+def store_lock(uri: str) -> FileLock | None:
+    """The lock beside a SQLite store (`<db>.lock`); None for a server, which queues itself."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return file_lock(uri.removeprefix("sqlite:///") + ".lock")
+
+
+def write(uri: str, action: Callable[[], T], what: str) -> T:
+    """Do one write to the store at `uri`: under its lock, retried while the store is locked."""
+    lock = store_lock(uri)
+    attempt = 1
+    while True:
+        try:
+            with lock or nullcontext():
+                return action()
+        except Exception as exc:  # MlflowException or SQLAlchemy's OperationalError
+            if "database is locked" not in str(exc) or attempt == WRITE_ATTEMPTS:
+                raise
+        delay = min(0.1 * 2**attempt, 5.0) * (1 + random.random())
+        log.warning("MLflow store busy (%s, try %d); retrying in %.1f s", what, attempt, delay)
+        time.sleep(delay)
+        attempt += 1
+
+
 def open_experiment(root: Path | None = None) -> tuple[mlflow.MlflowClient, str]:
     """A client for the study's store and the id of its experiment, creating both if needed.
 
     Creating the SQLite schema is not safe when two processes do it at once (a `dvc queue`
-    with several jobs), so every process takes a file lock beside the database first.
+    with several jobs), so every process takes the file lock beside the database first.
     """
     root = root or store_root()
     uri = tracking_uri(root)
-    with FileLock(str(root / "mlflow.db.lock")):
+    with store_lock(uri) or file_lock(root / "mlflow.db.lock"):
         client = mlflow.MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(EXPERIMENT)
         if experiment is None:
@@ -91,19 +134,6 @@ def open_experiment(root: Path | None = None) -> tuple[mlflow.MlflowClient, str]
             if experiment.tags.get(key) != value:
                 client.set_experiment_tag(experiment.experiment_id, key, value)
         return client, experiment.experiment_id
-
-
-def redact(uri: str) -> str:
-    """`uri` with any password replaced by ***, for logs: scheme://user:secret@host -> user:***@.
-
-    A team's tracking URI is normally http://host:port (the server alone knows the database
-    password), but a database URI may be given directly; it must never reach a log line.
-    """
-    scheme, sep, rest = uri.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in userinfo:
-        return uri
-    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
 
 
 def git_commit(cwd: Path | None = None) -> str | None:
@@ -156,24 +186,28 @@ class Run:
         self.client = client
         self.run_id = run_id
 
+    def _write(self, action: Callable[[], None], what: str) -> None:
+        write(self.client.tracking_uri, action, what)
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         # MlflowClient.log_batch splits params into MLflow's 100-per-request limit itself.
-        items = [Param(key, value) for key, value in flatten(params).items()]
-        self.client.log_batch(self.run_id, params=items)
+        items = [Param(key, redact(value)) for key, value in flatten(params).items()]
+        self._write(lambda: self.client.log_batch(self.run_id, params=items), "params")
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
         batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        self._write(lambda: self.client.log_batch(self.run_id, metrics=batch), "metrics")
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        items = [RunTag(k, redact(str(v))) for k, v in tags.items()]
+        self._write(lambda: self.client.log_batch(self.run_id, tags=items), "tags")
 
     def log_artifact(self, path: Path) -> None:
-        self.client.log_artifact(self.run_id, str(path))
+        self._write(lambda: self.client.log_artifact(self.run_id, str(path)), "artifact")
 
     def end(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status=status)
+        self._write(lambda: self.client.set_terminated(self.run_id, status=status), "end")
 
 
 def ui_url(server: str, experiment_id: str) -> str:
@@ -188,7 +222,12 @@ def ui_url(server: str, experiment_id: str) -> str:
 def start_run(run_name: str, tags: Mapping[str, str], root: Path | None = None) -> Run:
     """A new run named `run_name` in the study's experiment."""
     client, experiment_id = open_experiment(root)
-    run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+    clean = {key: redact(str(value)) for key, value in tags.items()}
+    run = write(
+        client.tracking_uri,
+        lambda: client.create_run(experiment_id, run_name=run_name, tags=clean),
+        "new run",
+    )
     log.info("MLflow run %s (%s) in %s", run_name, run.info.run_id, redact(client.tracking_uri))
     if client.tracking_uri.startswith(("http://", "https://")):
         log.info("MLflow UI: %s", ui_url(client.tracking_uri, experiment_id))
@@ -215,7 +254,7 @@ def mark_failed(run_id: str, root: Path | None = None) -> None:
     client, _ = open_experiment(root)
     try:
         if client.get_run(run_id).info.status == "RUNNING":
-            client.set_terminated(run_id, status="FAILED")
+            write(client.tracking_uri, lambda: client.set_terminated(run_id, "FAILED"), "end")
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
@@ -302,7 +341,12 @@ def log_prepared_dataset(run: Run, prepared: Path, context: str = "training") ->
     """Link the run to the prepared data version it used (the UI's Dataset column)."""
     dataset = prepared_dataset(prepared)
     tags = [InputTag("mlflow.data.context", context)]
-    run.client.log_inputs(run.run_id, datasets=[DatasetInput(dataset, tags)])
+    inputs = [DatasetInput(dataset, tags)]
+    write(
+        run.client.tracking_uri,
+        lambda: run.client.log_inputs(run.run_id, datasets=inputs),
+        "dataset",
+    )
     return dataset
 
 

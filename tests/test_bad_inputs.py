@@ -290,7 +290,7 @@ def test_params(row: str) -> None:
 
 def test_an_unknown_schedule_names_the_known_ones() -> None:
     with pytest.raises(ParamsError, match=r"^unknown --schedule 's20_14_7'; params .*s50_14_6$"):
-        select_run(parse_params(copy.deepcopy(TREE)), "cnn", "s20_14_7")
+        select_run(parse_params(copy.deepcopy(TREE)), "cnn", "s20_14_7", 0)
 
 
 def test_a_bad_param_stops_the_stage_in_one_line(tmp_path: Path) -> None:

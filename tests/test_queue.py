@@ -43,7 +43,7 @@ def test_four_queued_experiments_two_at_a_time_all_reach_mlflow(project: Path) -
     run(["git", "commit", "-qm", "baseline"], project)
 
     for seed in SEEDS:
-        run(["dvc", "exp", "run", "--queue", "-n", f"seed-{seed}", "-S", f"train.seed={seed}"],
+        run(["dvc", "exp", "run", "--queue", "-n", f"seed-{seed}", "-S", f"train.seeds=[{seed}]"],
             project)  # fmt: skip
     run(["dvc", "queue", "start", "-j", "2"], project, env=ONE_THREAD)
     status = wait_for_queue(project)

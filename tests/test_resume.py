@@ -50,7 +50,7 @@ def dying_step(*args, **kwargs):
 engine.train_step = dying_step
 out = Path(sys.argv[1])
 run_stage(lambda: run_training(
-    load_params(), "cnn", "tiny", prepared=Path("data/prepared"),
+    load_params(), "cnn", "tiny", 0, prepared=Path("data/prepared"),
     models_dir=out / "models", metrics_dir=out / "metrics",
 ))
 """
@@ -102,17 +102,17 @@ def test_a_killed_training_resumes_and_ends_as_if_never_killed(repo: Path) -> No
     steps = 42 // 8 + 1  # 7 breeds x 6 train images, batches of 8: 5 full and one of 2
     killed = train(repo, "resumed", kill_at_step=(KILL_IN_EPOCH - 1) * steps + 2)
     assert killed.returncode == -signal.SIGKILL
-    assert "cnn-tiny epoch 6:" in killed.stderr and "epoch 7:" not in killed.stderr
-    states = list((repo / ".resume").glob("cnn-tiny-*.pt"))
+    assert "cnn-tiny-seed0 epoch 6:" in killed.stderr and "epoch 7:" not in killed.stderr
+    states = list((repo / ".resume").glob("cnn-tiny-seed0-*.pt"))
     assert len(states) == 1  # kept outside the outputs, which were never written
     assert not (repo / "resumed" / "metrics").exists()
 
     resumed = train(repo, "resumed")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after epoch 6 of 9" in resumed.stderr
-    assert "cnn-tiny epoch 1:" not in resumed.stderr  # nothing was trained twice
+    assert "cnn-tiny-seed0 epoch 1:" not in resumed.stderr  # nothing was trained twice
 
-    for name in ("cnn-tiny.tsv", "cnn-tiny.json"):
+    for name in ("cnn-tiny-seed0.tsv", "cnn-tiny-seed0.json"):
         a, b = (repo / run / "metrics" / name for run in ("whole", "resumed"))
         if name.endswith(".tsv"):
             assert a.read_text() == b.read_text()
@@ -121,7 +121,7 @@ def test_a_killed_training_resumes_and_ends_as_if_never_killed(repo: Path) -> No
                 json.loads(b.read_text())
             )
     weights = [
-        torch.load(repo / run / "models/cnn-tiny.pt", weights_only=True)
+        torch.load(repo / run / "models/cnn-tiny-seed0.pt", weights_only=True)
         for run in ("whole", "resumed")
     ]
     for key, value in weights[0]["state_dict"].items():
@@ -130,7 +130,7 @@ def test_a_killed_training_resumes_and_ends_as_if_never_killed(repo: Path) -> No
 
     # MLflow: the killed attempt FAILED, the resumed run FINISHED, names it and has every epoch
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
-    new_id = json.loads((repo / "resumed/metrics/cnn-tiny.json").read_text())["mlflow_run_id"]
+    new_id = json.loads((repo / "resumed/metrics/cnn-tiny-seed0.json").read_text())["mlflow_run_id"]
     new = client.get_run(new_id)
     old = client.get_run(new.data.tags["resumed_from_run"])
     assert (old.info.status, new.info.status) == ("FAILED", "FINISHED")

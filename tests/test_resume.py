@@ -3,7 +3,8 @@ and ends with exactly the numbers of a run that was never interrupted.
 
 The training runs in a subprocess (a driver script calling `run_training`) that kills itself
 with SIGKILL in the middle of epoch 7 of 9, inside the schedule's second stage, so the
-optimiser's and the one-cycle scheduler's states matter, not only the weights.
+optimiser's and the one-cycle scheduler's states matter, not only the weights. An attempt killed
+in epoch 1 first leaves no state, only a RUNNING MLflow run that the next attempt ends FAILED.
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ def test_a_killed_training_resumes_and_ends_as_if_never_killed(repo: Path) -> No
     whole = train(repo, "whole")
     assert whole.returncode == 0, whole.stderr
     steps = 42 // 8 + 1  # 7 breeds x 6 train images, batches of 8: 5 full and one of 2
+    too_early = train(repo, "resumed", kill_at_step=2)  # in epoch 1: no state saved yet
+    assert too_early.returncode == -signal.SIGKILL
+    assert not list((repo / ".resume").glob("*.pt"))  # only the dead process's lock file
     killed = train(repo, "resumed", kill_at_step=(KILL_IN_EPOCH - 1) * steps + 2)
     assert killed.returncode == -signal.SIGKILL
     assert "cnn-tiny-seed0 epoch 6:" in killed.stderr and "epoch 7:" not in killed.stderr
@@ -131,10 +135,14 @@ def test_a_killed_training_resumes_and_ends_as_if_never_killed(repo: Path) -> No
     # MLflow: the killed attempt FAILED, the resumed run FINISHED, names it and has every epoch
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
     new_id = json.loads((repo / "resumed/metrics/cnn-tiny-seed0.json").read_text())["mlflow_run_id"]
+    whole_id = json.loads((repo / "whole/metrics/cnn-tiny-seed0.json").read_text())["mlflow_run_id"]
     new = client.get_run(new_id)
     old = client.get_run(new.data.tags["resumed_from_run"])
     assert (old.info.status, new.info.status) == ("FAILED", "FINISHED")
     assert new.data.tags["resumed_at_epoch"] == "6"
+    attempts = client.search_runs([new.info.experiment_id], "tags.seed = '0'")
+    statuses = sorted(r.info.status for r in attempts if r.info.run_id != whole_id)
+    assert statuses == ["FAILED", "FAILED", "FINISHED"]  # killed in epoch 1, in epoch 7, resumed
     val_acc = client.get_metric_history(new_id, "val_acc")
     assert sorted(m.step for m in val_acc) == list(range(1, sum(EPOCHS) + 1))
 

@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -261,6 +262,25 @@ def mark_failed(run_id: str, root: Path | None = None) -> None:
         log.warning(
             "MLflow run %s is not in %s: not marking it FAILED", run_id, redact(client.tracking_uri)
         )
+
+
+RESUME_KEY_TAG = "resume_key"
+
+
+def fail_abandoned_runs(key: str, root: Path | None = None) -> list[str]:
+    """Mark FAILED every RUNNING run tagged `resume_key=<key>`; return their ids.
+
+    Only the process holding the resume lock of `key` (`resume.claim`) tags its run with the key
+    and calls this, so any other RUNNING run with that tag belongs to a process that died
+    (SIGKILL, power cut): killed before its first epoch, it left no state that names it.
+    """
+    client, experiment_id = open_experiment(root)
+    query = f"tags.{RESUME_KEY_TAG} = '{key}' and attributes.status = 'RUNNING'"
+    abandoned = [r.info.run_id for r in client.search_runs([experiment_id], query)]
+    for run_id in abandoned:
+        write(client.tracking_uri, partial(client.set_terminated, run_id, "FAILED"), "end")
+        log.info("MLflow run %s was left RUNNING by a killed training: marked FAILED", run_id)
+    return abandoned
 
 
 def resume_run(

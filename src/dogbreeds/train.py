@@ -101,6 +101,9 @@ def run_training(
         saved = resume.load_state(state_path) if owned else None
         state, earlier = saved if saved else (None, {})
         tags = {**tracking.run_tags(arch, schedule_name), "seed": str(seed)}
+        if owned:  # runs an earlier, killed attempt left RUNNING end FAILED
+            tracking.fail_abandoned_runs(key)
+            tags[tracking.RESUME_KEY_TAG] = key
         if state is not None:
             tags |= resumed_tags(name, state, earlier, sum(schedule.epochs))
 
@@ -165,9 +168,9 @@ def run_training(
 
 
 def resumed_tags(name: str, state: TrainState, earlier: dict, epochs: int) -> dict[str, str]:
-    """Say that a run resumes a killed one, mark that one FAILED, and tag the new run with it."""
+    """Say that a run resumes a killed one, make sure that one is FAILED, and name it in tags."""
     previous = earlier["mlflow_run_id"]
-    tracking.mark_failed(previous)
+    tracking.mark_failed(previous)  # already, unless it was logged without the resume key
     log.info(
         "%s: resuming after epoch %d of %d (a killed run's state); its MLflow run %s is "
         "marked FAILED",

@@ -92,7 +92,6 @@ def bench_one(
         engine.train_step(
             model, images, labels, batch_plan, normalize, optimizer, scheduler, scaler, 0.1, dtype
         )
-        model.train()
 
     def eval_step() -> None:
         engine.predict(model, images[:batch], normalize, batch, dtype)

@@ -218,8 +218,8 @@ def resolve_amp(amp: str, device: torch.device, arch: str) -> str:
     have bf16 in hardware; float32 everywhere else.
     """
     if amp != "auto":
-        native = torch.cuda.is_bf16_supported(including_emulation=False)
-        if amp == "bf16" and device.type == "cuda" and not native:
+        native = device.type != "cuda" or torch.cuda.is_bf16_supported(including_emulation=False)
+        if amp == "bf16" and not native:  # asks CUDA only for a CUDA run
             raise TrainingError("params: 'train.amp' is bf16, but this GPU has no native bf16")
         return amp
     if device.type == "cuda":

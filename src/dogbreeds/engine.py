@@ -258,7 +258,11 @@ def runtime(device: torch.device, amp: str, deform_backend: str | None) -> dict[
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """The net on `device` in channels_last memory format (faster convs on CPU and GPU)."""
+    """The net on `device` in channels_last memory format.
+
+    The issue's CPU measurement (64 px, batch 32, 2 threads) had it faster for the cnn (617 -> 678
+    img/s) and dsc (796 -> 976); on CUDA its effect alone was not measured.
+    """
     return model.to(device=device, memory_format=torch.channels_last)
 
 

@@ -156,8 +156,9 @@ def build_model(
 ) -> DogBreedNet:
     """Build a net by name (cnn, dsc, deformable).
 
-    deform_backend: "reference", "torchvision", or "auto" (per forward, the faster one for the
-    input's device). Only the deformable net uses it; the state_dict is the same for all three.
+    deform_backend: one of deformconv.BACKENDS; "auto" takes, per forward, the backend
+    `deformconv.DEFAULT_BACKENDS` names for the input's device. Only the deformable net uses it;
+    the state_dict is the same for every backend.
     """
     if name not in MODELS:
         raise ValueError(f"Unknown model {name!r}. Known: {', '.join(MODELS)}")

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -16,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin, so `dvc` and `python` are the tested ones
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None):
-    """Run a command in `cwd` with the venv first on PATH; return the CompletedProcess."""
+def command_env(env: dict | None = None) -> dict:
+    """The environment of a test's commands: the venv first on PATH, no telemetry, a git user."""
     full_env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
@@ -30,11 +34,49 @@ def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None):
     }
     full_env.pop("MLFLOW_TRACKING_URI", None)  # the caller's own store, never a test's
     full_env.update(env or {})  # ... unless the test names one
-    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True)
+    return full_env
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None):
+    """Run a command in `cwd` with the venv first on PATH; return the CompletedProcess."""
+    proc = subprocess.run(cmd, cwd=cwd, env=command_env(env), capture_output=True, text=True)
     if check and proc.returncode != 0:
         what = " ".join(cmd)
         raise AssertionError(f"{what} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@contextmanager
+def queue_workers(repo: Path, jobs: int, env: dict | None = None) -> Iterator[None]:
+    """`dvc queue start -j jobs` in `repo`; on leaving, any worker still alive is killed.
+
+    The start's output goes to a file, not a pipe: DVC forks a daemon that inherits the
+    starter's stdout, and a worker that misses its own shutdown keeps that daemon, and so the
+    pipe, open. Seen with dvc 3.67: a worker logged "shutting down due to empty queue" while its
+    task still ran, finished the task and then never exited, which hung `subprocess.run`.
+    """
+    log = repo / ".dvc" / "tmp" / "queue-start.log"
+    with log.open("w") as out:
+        cmd = ["dvc", "queue", "start", "-j", str(jobs)]
+        subprocess.run(cmd, cwd=repo, env=command_env(env), stdout=out, stderr=out, check=True)
+    try:
+        yield
+    finally:
+        for pid_file in (repo / ".dvc" / "tmp" / "exps" / "celery").glob("*.pid"):
+            with suppress(ValueError, ProcessLookupError, PermissionError):
+                os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+
+
+def wait_for_queue(repo: Path, timeout_s: float = 900) -> str:
+    """Poll `dvc queue status` until nothing is queued or running; return the last status."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = run(["dvc", "queue", "status"], repo).stdout
+        if "Queued" not in status and "Running" not in status:
+            return status
+        if time.monotonic() > deadline:
+            raise AssertionError(f"dvc queue still busy after {timeout_s} s:\n{status}")
+        time.sleep(3)
 
 
 def set_params(repo: Path, **updates) -> None:

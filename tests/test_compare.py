@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import run
+from conftest import queue_workers, run, wait_for_queue
 from PIL import Image
 
 from dogbreeds.compare import (
@@ -142,18 +141,6 @@ def test_a_missing_param_names_the_experiment_and_the_key(caplog):
 # ----------------------------------------------------------------------------- end to end
 
 
-def wait_for_queue(repo: Path, timeout: float = 900) -> str:
-    """Poll `dvc queue status` until nothing is queued or running; return the last status."""
-    deadline = time.monotonic() + timeout
-    while True:
-        status = run(["dvc", "queue", "status"], repo).stdout
-        if "Queued" not in status and "Running" not in status:
-            return status
-        if time.monotonic() > deadline:
-            raise AssertionError(f"dvc queue still busy after {timeout} s:\n{status}")
-        time.sleep(3)
-
-
 def committed(repo: Path, name: str, path: str) -> str:
     """A file as committed in the DVC experiment `name` (its ref is refs/exps/.../<name>)."""
     refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], repo).stdout.split()
@@ -186,8 +173,8 @@ def test_a_queued_2x2_grid_is_compared_in_figures_and_table(project: Path):
     assert {line.split()[1] for line in queued.splitlines() if "Queued" in line} == names
 
     # 2. DVC runs the queue; every experiment succeeds.
-    run(["dvc", "queue", "start", "-j", "1"], project, env=ONE_THREAD)
-    status = wait_for_queue(project)
+    with queue_workers(project, jobs=1, env=ONE_THREAD):
+        status = wait_for_queue(project)
     assert {line.split()[1] for line in status.splitlines() if "Success" in line} == names, status
     params = yaml.safe_load(committed(project, "g-a0.5-r24", "params.yaml"))
     assert params["model"] == {**params["model"], "width_mult": 0.5, "resolution": 24}

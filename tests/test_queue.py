@@ -6,28 +6,16 @@ Every MLflow run must be present and complete, and no stage may fail with "datab
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-from conftest import run, set_params
+from conftest import queue_workers, run, set_params, wait_for_queue
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
 
 SEEDS = (1, 2, 3, 4)
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # two jobs on two cores
-
-
-def wait_for_queue(repo: Path, timeout_s: float = 900) -> str:
-    """Poll `dvc queue status` until nothing is queued or running; return the last status."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = run(["dvc", "queue", "status"], repo).stdout
-        if not any(state in status for state in ("Queued", "Running")):
-            return status
-        time.sleep(3)
-    raise AssertionError(f"the queue did not finish in {timeout_s} s:\n{status}")
 
 
 def test_four_queued_experiments_two_at_a_time_all_reach_mlflow(project: Path) -> None:
@@ -45,8 +33,8 @@ def test_four_queued_experiments_two_at_a_time_all_reach_mlflow(project: Path) -
     for seed in SEEDS:
         run(["dvc", "exp", "run", "--queue", "-n", f"seed-{seed}", "-S", f"train.seeds=[{seed}]"],
             project)  # fmt: skip
-    run(["dvc", "queue", "start", "-j", "2"], project, env=ONE_THREAD)
-    status = wait_for_queue(project)
+    with queue_workers(project, jobs=2, env=ONE_THREAD):
+        status = wait_for_queue(project)
 
     assert status.count("Success") == len(SEEDS), status
     logs = "".join(

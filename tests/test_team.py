@@ -220,11 +220,12 @@ def test_each_net_has_a_champion_and_it_answers_over_rest(team: Team):
 def test_the_ui_shows_the_training_runs_and_a_val_acc_chart(team: Team, tmp_path):
     """What a user sees in headless Chromium, through the link the README and the logs give.
 
-    MLflow 3.17 decides between its GenAI pages and its model-training pages with a switch at
-    the top of the page, remembered per browser and "GenAI" for a new user: the experiment's
-    `mlflow.experimentKind` tag does not change that. So the link we publish carries
-    `workflowType=machine_learning`, and one click on "Model training" makes the plain link
-    open on the runs too.
+    MLflow 3.17 decides between its GenAI pages and its model-training pages from the URL's
+    `workflowType`, else the sidebar's "GenAI | Model training" switch, remembered per browser in
+    localStorage (`mlflow.workflowType_v1`) and "GenAI" for a new user: the experiment's
+    `mlflow.experimentKind` tag does not change that (the UI never reads it). So the link we
+    publish carries `workflowType=machine_learning`, and one click on "Model training" makes the
+    plain link open on the runs too.
     """
     found = chromium()
     require("Chromium and chromedriver", found is not None)
@@ -247,12 +248,20 @@ def test_the_ui_shows_the_training_runs_and_a_val_acc_chart(team: Team, tmp_path
     runs_page = tracking_ui_url(team.server.url, experiment_id)
     try:
         # A new user with the plain link lands on the GenAI overview; one click on the switch.
-        driver.get(f"{team.server.url}/#/experiments/{experiment_id}")
+        plain = f"{team.server.url}/#/experiments/{experiment_id}"
+        driver.get(plain)
         wait.until(lambda _: "workflowType=" in driver.current_url)
-        if "workflowType=genai" in driver.current_url:
-            switch = driver.find_element(By.XPATH, "//*[normalize-space(text())='Model training']")
-            driver.execute_script("arguments[0].click()", switch)  # a tooltip may cover it
-            wait.until(lambda _: "/runs" in driver.current_url)
+        assert "workflowType=genai" in driver.current_url, "the UI now reads the kind tag?"
+        switch = driver.find_element(By.XPATH, "//*[normalize-space(text())='Model training']")
+        driver.execute_script("arguments[0].click()", switch)  # a tooltip may cover it
+        wait.until(lambda _: "/runs" in driver.current_url)
+        # The browser remembers the switch, so the plain link now opens on the runs.
+        stored = "return window.localStorage.getItem('mlflow.workflowType_v1')"
+        assert driver.execute_script(stored) == '"machine_learning"'
+        driver.get("about:blank")
+        driver.get(plain)
+        wait.until(lambda _: "/runs" in driver.current_url and all(n in body() for n in RUN_NAMES))
+        assert "workflowType=machine_learning" in driver.current_url
 
         # The published link: the 9 runs with their Source (stage) and Dataset (DVC hash).
         driver.get(runs_page)

@@ -12,9 +12,13 @@ This is the module that logs to MLflow; the rest of the package talks to a `Run`
 What a user sees in the MLflow UI is set here as well: every run names its Source (the DVC stage
 and git commit) and its Dataset (the prepared tensors, named by their DVC hash), which the runs
 table otherwise shows as "-"; the experiment is tagged as model training
-(`mlflow.experimentKind`). MLflow 3.17's UI still opens an experiment on its GenAI overview for a
-new browser (its "GenAI | Model training" switch decides, not the tag), so the links we log and
-publish (`ui_url`) ask for the model-training pages.
+(`mlflow.experimentKind`). MLflow 3.17's UI does not read that tag: its workflow-based
+navigation flag is built in as on, and then the experiment's kind, and so its landing page,
+comes only from the `workflowType` in the URL, else the browser's localStorage
+(`mlflow.workflowType_v1`, set by the sidebar's "GenAI | Model training" switch), else "genai":
+a new browser opens the GenAI overview. No tag or server setting changes that, so the links we
+log and publish (`ui_url`) carry `workflowType=machine_learning`. The tag stays for UIs built
+with that flag off, which take the kind from it, and for API readers.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 EXPERIMENT = "dogbreeds"
-# The experiment's kind: model training (MLflow 3.17's UI still opens on GenAI; see ui_url).
+# The experiment's kind: model training (MLflow 3.17's UI ignores it; see the docstring, ui_url).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 MODEL_NAME = "model"  # the logged model's name inside each run: runs:/<run_id>/model
 
@@ -214,8 +218,9 @@ class Run:
 def ui_url(server: str, experiment_id: str) -> str:
     """The experiment's runs page in the MLflow UI of `server` (http://host:port).
 
-    MLflow 3.17 opens an experiment on its GenAI pages unless the browser's "GenAI | Model
-    training" switch says otherwise (the experiment-kind tag does not), so the link says so.
+    MLflow 3.17 takes an experiment's kind from the URL's `workflowType`, else from the
+    browser's "GenAI | Model training" switch (localStorage), else GenAI; never from the
+    experiment-kind tag. So the link says so.
     """
     return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 

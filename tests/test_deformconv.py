@@ -9,10 +9,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dogbreeds.deformconv import BACKENDS, DeformConv, GatherDeformConv, default_backend
+from dogbreeds import kernels
+from dogbreeds.deformconv import BACKENDS, ColumnDeformConv, DeformConv, default_backend
 from dogbreeds.models import build_model, offset_parameters
 
-CONCRETE = [b for b in BACKENDS if b != "auto"]  # reference, gather, torchvision
+CONCRETE = [b for b in BACKENDS if b != "auto"]  # reference, gather, fused, torchvision
 FAST = [b for b in CONCRETE if b != "reference"]
 
 
@@ -61,17 +62,18 @@ def test_gradcheck_reference_backend():
     assert torch.autograd.gradcheck(layer, (x,))
 
 
-def test_gradcheck_gather_function():
+@pytest.mark.parametrize("sampler", ["gather", "fused"])
+def test_gradcheck_column_function(sampler):
     torch.manual_seed(0)
     x = torch.randn(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
     offset = (2 * torch.randn(1, 18, 4, 5, dtype=torch.float64)).requires_grad_()
     weight = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
 
-    def gather(*args):
-        return GatherDeformConv.apply(*args, 3, torch.float64)
+    def deform_conv(*args):
+        return ColumnDeformConv.apply(*args, 3, torch.float64, sampler)
 
-    assert torch.autograd.gradcheck(gather, (x, offset, weight, bias))
+    assert torch.autograd.gradcheck(deform_conv, (x, offset, weight, bias))
 
 
 @pytest.mark.parametrize("backend", CONCRETE)
@@ -131,11 +133,44 @@ def test_checkpoint_moves_between_backends():
 
 
 def test_unknown_backend_is_rejected():
-    with pytest.raises(ValueError, match="Known: auto, reference, gather, torchvision"):
+    with pytest.raises(ValueError, match="Known: auto, reference, gather, fused, torchvision"):
         DeformConv(3, 3, backend="cuda-fast")
 
 
 def test_auto_backend_follows_the_table():
-    assert default_backend("cpu") == "gather"
+    assert default_backend("cpu") == "fused"
     assert default_backend("cuda") == "reference"  # measured on an H100 (README, Speed)
     assert default_backend("meta") == "reference"
+
+
+def test_fused_backend_refuses_other_devices():
+    layer = DeformConv(3, 3, backend="fused").to("meta")
+    with pytest.raises(ValueError, match="'fused' runs on the CPU only, not on meta"):
+        layer(torch.zeros(1, 3, 4, 4, device="meta"))
+
+
+def test_auto_falls_back_to_gather_without_a_compiler(monkeypatch):
+    """No C++ toolchain: `auto` says why, once, and uses `gather`; `fused` itself refuses."""
+    monkeypatch.setattr(kernels, "_build", lambda: (None, "no g++ here"))
+    with pytest.warns(UserWarning, match="auto uses gather on the CPU: no g\\+\\+ here"):
+        assert default_backend("cpu") == "gather"
+    with pytest.raises(RuntimeError, match="no g\\+\\+ here. Use model.deformable.backend=gather"):
+        DeformConv(3, 3, backend="fused")(torch.zeros(1, 3, 4, 4))
+
+
+def test_fused_kernel_handles_far_and_edge_positions():
+    """Taps shifted far outside read zeros (no out-of-range index); edge taps blend with zero."""
+    torch.manual_seed(0)
+    x = torch.rand(1, 2, 5, 5, dtype=torch.float64)
+    ref = DeformConv(2, 3, backend="reference").double()
+    fused = DeformConv(2, 3, backend="fused").double()
+    for shift in (1e6, -1e6, 4.5, -0.5):
+        with torch.no_grad():
+            ref.offset.bias.fill_(shift)
+            fused.load_state_dict(ref.state_dict())
+            torch.testing.assert_close(fused(x), ref(x), atol=1e-9, rtol=0)
+    with torch.no_grad():  # far outside: only the bias remains
+        ref.offset.bias.fill_(1e6)
+        fused.load_state_dict(ref.state_dict())
+        expected = ref.conv.bias.view(1, 3, 1, 1).expand(1, 3, 5, 5)
+        torch.testing.assert_close(fused(x), expected, atol=0, rtol=0)

@@ -304,3 +304,13 @@ def test_auto_precision_is_float32_without_native_bf16(monkeypatch):
     monkeypatch.setattr(engine, "native_cpu_bf16", lambda: True)
     assert engine.resolve_amp("auto", CPU, "cnn") == engine.CPU_AUTO_AMP["cnn"]
     assert engine.resolve_amp("off", CPU, "cnn") == "off"
+
+
+def test_keep_freed_memory_takes_on_glibc():
+    """On Linux (glibc) both mallopt settings are accepted; elsewhere it says it did nothing."""
+    import platform
+
+    from dogbreeds.engine import keep_freed_memory
+
+    on_glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is on_glibc

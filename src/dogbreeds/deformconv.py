@@ -17,8 +17,12 @@ Backends (all agree to 1e-6 in float64, forward and backward; tests/test_deformc
   (H*K)x(W*K) map, and convolve that map with the KxK kernel at stride K.
 * ``gather``: the same arithmetic without the 9x map and without ``grid_sample``: gather the
   4 neighbours of every tap, blend them into im2col columns and do one matmul with the conv
-  weight. A hand-written backward (`GatherDeformConv`) scatters the gradient back with
-  ``index_add_``. Only plain tensor ops, so it runs unchanged on CPU and CUDA.
+  weight. A hand-written backward scatters the gradient back with ``embedding_bag``. Only plain
+  tensor ops, so it runs unchanged on CPU and CUDA.
+* ``fused``: the columns of ``gather`` built, and their gradient sent back, by a C++ CPU kernel
+  (csrc/deform_conv_cpu.cpp, one pass per direction; built on first use, `dogbreeds.kernels`).
+  CPU only. `gather` and `fused` share `ColumnDeformConv` (the matmuls) and differ only in the
+  sampler.
 * ``torchvision``: ``torchvision.ops.deform_conv2d`` with the same weights (always in float32).
 * ``auto``: per forward, the backend `default_backend` names for the input's device.
 
@@ -30,25 +34,46 @@ Under autocast only the matmul / conv runs in the autocast dtype.
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-BACKENDS = ("auto", "reference", "gather", "torchvision")
+from dogbreeds.kernels import cpu_kernel, cpu_kernel_error
+
+BACKENDS = ("auto", "reference", "gather", "fused", "torchvision")
+CPU_ONLY = ("fused",)  # backends with a CPU kernel only
 
 # The backend `auto` uses per device type, from training-step benchmarks of the deformable net
 # (forward, loss, backward, clipping, Adam step; python -m dogbreeds.bench):
-# - CPU, 64x64, batch 32, 2 cores of an idle Xeon with AMX: gather 115 img/s, reference 95,
-#   torchvision 12 in float32; gather 166 vs reference 107 under bf16 autocast.
+# - CPU, 64x64, batch 32, 2 threads of a Xeon with AMX, float32, glibc malloc keeping freed
+#   memory (engine.keep_freed_memory): fused 400 img/s, gather 248 (cnn 739). Before that
+#   malloc setting, fused 308 and gather 201; reference 95 and torchvision 12 (an earlier run).
 # - CUDA (H100, 224x224, torch 2.11): reference 2,483 img/s at batch 128 under bf16, torchvision
 #   1,992, gather 1,184; at batch 32: 2,130 / 1,849 / 952. grid_sample's fused kernel wins.
+#   `fused` has no CUDA kernel.
 # Devices not listed fall back to `reference`.
-DEFAULT_BACKENDS = {"cpu": "gather", "cuda": "reference"}
+DEFAULT_BACKENDS = {"cpu": "fused", "cuda": "reference"}
 
 
 def default_backend(device: torch.device | str) -> str:
-    """The backend `auto` uses on `device` (DEFAULT_BACKENDS says where the choice comes from)."""
-    return DEFAULT_BACKENDS.get(torch.device(device).type, "reference")
+    """The backend `auto` uses on `device` (DEFAULT_BACKENDS says where the choice comes from).
+
+    Where the C++ kernel of `fused` cannot be built (no compiler), `gather` stands in, with
+    one warning that says why.
+    """
+    backend = DEFAULT_BACKENDS.get(torch.device(device).type, "reference")
+    if backend == "fused" and cpu_kernel_error():
+        _warn_fallback(cpu_kernel_error())
+        return "gather"
+    return backend
+
+
+@functools.cache
+def _warn_fallback(reason: str) -> None:
+    warnings.warn(f"DeformConv backend auto uses gather on the CPU: {reason}", stacklevel=3)
 
 
 def position_dtype(x: torch.Tensor) -> torch.dtype:
@@ -185,59 +210,31 @@ def scatter_to_pixels(
     return grad
 
 
-class GatherDeformConv(torch.autograd.Function):
-    """Deformable conv as bilinear gather + one matmul, with a hand-written backward.
-
-    forward(x, offset, weight, bias, kernel_size, dtype): x (B, C, H, W), offset
-    (B, 2*K*K, H, W), weight (Cout, C, K, K), bias (Cout,). Positions, bilinear weights and the
-    blend run in float32 (float64 for float64 x); the matmul runs in `dtype` (autocast's).
-    Returns (B, Cout, H, W) in `dtype`, channels_last in memory (it falls out of the matmul).
-    Call it with autocast off.
-    """
+class GatherSampler:
+    """Bilinear taps with plain tensor ops (embedding_bag), for `ColumnDeformConv`."""
 
     @staticmethod
-    def forward(ctx, x, offset, weight, bias, kernel_size, dtype):
+    def columns(x, offset, K):
         B, C, H, W = x.shape
-        K = kernel_size
-        Cout = weight.shape[0]
-        exact = position_dtype(x)
-        py, px = tap_positions(offset, K, exact)  # (B, K, K, H, W)
+        py, px = tap_positions(offset, K, position_dtype(x))  # (B, K, K, H, W)
         py = py.flatten(1, 2).permute(0, 2, 3, 1)  # (B, H, W, K*K): taps last, like columns
         px = px.flatten(1, 2).permute(0, 2, 3, 1)
         base, bw, dbw_dy, dbw_dx = bilinear_corners(py, px, H, W)  # (N,), (N, 4) x 3
-        x_rows = padded_rows(x, exact)  # (B*(H+2)*(W+2), C)
+        x_rows = padded_rows(x, position_dtype(x))  # (B*(H+2)*(W+2), C)
         corners = base[:, None] + corner_steps(W, x.device)  # (N, 4) rows of the neighbours
         # One fused gather-and-blend: cols[n] = sum_i bw[n, i] * x_rows[corners[n, i]].
         cols = F.embedding_bag(corners, x_rows, per_sample_weights=bw, mode="sum")  # (N, C)
-        cols = cols.to(dtype).view(B * H * W, K * K * C)  # (B*H*W, K*K*C), columns (ki, kj, c)
-        w_mat = weight.to(dtype).permute(0, 2, 3, 1).reshape(Cout, K * K * C)
-        out = torch.addmm(bias.to(dtype), cols, w_mat.t())  # (B*H*W, Cout)
-        ctx.save_for_backward(x_rows, cols, w_mat, corners, bw, dbw_dy, dbw_dx)
-        ctx.shape = (B, C, H, W, K)
-        ctx.dtypes = (x.dtype, offset.dtype, weight.dtype, bias.dtype)
-        return out.view(B, H, W, Cout).permute(0, 3, 1, 2)  # (B, Cout, H, W), channels_last
+        return cols, (x_rows, corners, bw, dbw_dy, dbw_dx)
 
     @staticmethod
-    def backward(ctx, grad_out):
-        x_rows, cols, w_mat, corners, bw, dbw_dy, dbw_dx = ctx.saved_tensors
-        B, C, H, W, K = ctx.shape
-        x_dtype, offset_dtype, weight_dtype, bias_dtype = ctx.dtypes
-        Cout = w_mat.shape[0]
-        g_rows = grad_out.permute(0, 2, 3, 1).reshape(B * H * W, Cout).to(cols.dtype)
-        grad_x = grad_offset = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[2]:
-            grad_w_mat = g_rows.t() @ cols  # (Cout, K*K*C)
-            grad_weight = grad_w_mat.view(Cout, K, K, C).permute(0, 3, 1, 2).to(weight_dtype)
-        if ctx.needs_input_grad[3]:
-            grad_bias = g_rows.sum(0, dtype=bw.dtype).to(bias_dtype)
-        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
-            return grad_x, grad_offset, grad_weight, grad_bias, None, None
-        grad_cols = (g_rows @ w_mat).to(bw.dtype).view(-1, C)  # (N, C)
-        if ctx.needs_input_grad[0]:
+    def backward(saved, grad_cols, shape, needs_x, needs_offset):
+        x_rows, corners, bw, dbw_dy, dbw_dx = saved
+        B, C, H, W, K = shape
+        grad_x = grad_offset = None
+        if needs_x:
             grad_rows = scatter_to_pixels(grad_cols, corners[:, 0], bw, x_rows.shape[0], W)
             grad_x = grad_rows.view(B, H + 2, W + 2, C)[:, 1:-1, 1:-1].permute(0, 3, 1, 2)
-            grad_x = grad_x.to(x_dtype)
-        if ctx.needs_input_grad[1]:
+        if needs_offset:
             # d(tap)/d(position) = sum_i x_rows[corners[n, i]] * d(bw[n, i])/d(position), dotted
             # with the tap's column gradient: first the 4 dot products per tap (fused, the
             # same op embedding_bag's own backward uses for per_sample_weights), then the sum.
@@ -251,17 +248,95 @@ class GatherDeformConv(torch.autograd.Function):
             # Back to torchvision's layout: channel 2k = dy, 2k + 1 = dx of tap k.
             grad_offset = torch.stack((grad_py, grad_px), dim=-1)  # (B, H, W, K*K, 2)
             grad_offset = grad_offset.view(B, H, W, 2 * K * K).permute(0, 3, 1, 2)
-            grad_offset = grad_offset.to(offset_dtype)
-        return grad_x, grad_offset, grad_weight, grad_bias, None, None
+        return grad_x, grad_offset
 
 
-def gather_deform_conv(
-    x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, K: int
+class FusedSampler:
+    """Bilinear taps with the C++ CPU kernel (`cpu_kernel`), for `ColumnDeformConv`."""
+
+    @staticmethod
+    def columns(x, offset, K):
+        kernel = cpu_kernel()
+        exact = position_dtype(x)
+        x_nhwc = x.to(exact).permute(0, 2, 3, 1).contiguous()  # free for a channels_last x
+        offset = offset.to(exact).contiguous()
+        cols = kernel.deform_im2col(x_nhwc, offset, K)  # (B, H, W, K*K, C)
+        return cols.view(-1, x.shape[1]), (x_nhwc, offset)
+
+    @staticmethod
+    def backward(saved, grad_cols, shape, needs_x, needs_offset):
+        x_nhwc, offset = saved
+        K = shape[-1]
+        grad_x, grad_offset = cpu_kernel().deform_col2im(x_nhwc, offset, grad_cols.contiguous(), K)
+        return grad_x.permute(0, 3, 1, 2), grad_offset
+
+
+SAMPLERS = {"gather": GatherSampler, "fused": FusedSampler}
+
+
+class ColumnDeformConv(torch.autograd.Function):
+    """Deformable conv as bilinear im2col columns + one matmul, with a hand-written backward.
+
+    forward(x, offset, weight, bias, kernel_size, dtype, sampler): x (B, C, H, W), offset
+    (B, 2*K*K, H, W), weight (Cout, C, K, K), bias (Cout,); `sampler` ("gather" or "fused",
+    `SAMPLERS`) builds the (B*H*W*K*K, C) columns and sends their gradient back to x and
+    offset. Positions, bilinear weights and the blend run in float32 (float64 for float64 x);
+    the matmul runs in `dtype` (autocast's). Returns (B, Cout, H, W) in `dtype`, channels_last
+    in memory (it falls out of the matmul). Call it with autocast off.
+    """
+
+    @staticmethod
+    def forward(ctx, x, offset, weight, bias, kernel_size, dtype, sampler):
+        B, C, H, W = x.shape
+        K = kernel_size
+        Cout = weight.shape[0]
+        sampler = SAMPLERS[sampler]
+        cols, saved = sampler.columns(x, offset, K)  # (N, C) in float32 / float64
+        cols = cols.to(dtype).view(B * H * W, K * K * C)  # (B*H*W, K*K*C), columns (ki, kj, c)
+        w_mat = weight.to(dtype).permute(0, 2, 3, 1).reshape(Cout, K * K * C)
+        out = torch.addmm(bias.to(dtype), cols, w_mat.t())  # (B*H*W, Cout)
+        ctx.save_for_backward(cols, w_mat, *saved)
+        ctx.sampler = sampler
+        ctx.shape = (B, C, H, W, K)
+        ctx.dtypes = (x.dtype, offset.dtype, weight.dtype, bias.dtype, position_dtype(x))
+        return out.view(B, H, W, Cout).permute(0, 3, 1, 2)  # (B, Cout, H, W), channels_last
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        cols, w_mat, *saved = ctx.saved_tensors
+        B, C, H, W, K = ctx.shape
+        x_dtype, offset_dtype, weight_dtype, bias_dtype, exact = ctx.dtypes
+        Cout = w_mat.shape[0]
+        g_rows = grad_out.permute(0, 2, 3, 1).reshape(B * H * W, Cout).to(cols.dtype)
+        grad_x = grad_offset = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[2]:
+            grad_w_mat = g_rows.t() @ cols  # (Cout, K*K*C)
+            grad_weight = grad_w_mat.view(Cout, K, K, C).permute(0, 3, 1, 2).to(weight_dtype)
+        if ctx.needs_input_grad[3]:
+            grad_bias = g_rows.sum(0, dtype=exact).to(bias_dtype)
+        needs_x, needs_offset = ctx.needs_input_grad[:2]
+        if needs_x or needs_offset:
+            grad_cols = (g_rows @ w_mat).to(exact).view(-1, C)  # (N, C)
+            grad_x, grad_offset = ctx.sampler.backward(
+                saved, grad_cols, ctx.shape, needs_x, needs_offset
+            )
+            grad_x = grad_x.to(x_dtype) if needs_x else None
+            grad_offset = grad_offset.to(offset_dtype) if needs_offset else None
+        return grad_x, grad_offset, grad_weight, grad_bias, None, None, None
+
+
+def column_deform_conv(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    K: int,
+    sampler: str,
 ) -> torch.Tensor:
-    """`GatherDeformConv` with autocast handled: matmul in the autocast dtype, positions float32."""
+    """`ColumnDeformConv` with autocast handled: matmul in the autocast dtype, positions float32."""
     dtype = compute_dtype(x)
     with torch.autocast(x.device.type, enabled=False):
-        return GatherDeformConv.apply(x, offset, weight, bias, K, dtype)  # (B, Cout, H, W)
+        return ColumnDeformConv.apply(x, offset, weight, bias, K, dtype, sampler)
 
 
 # ----------------------------------------------------------------------------- torchvision
@@ -317,8 +392,13 @@ class DeformConv(nn.Module):
         K = self.kernel_size
         if backend == "reference":
             return self.conv(sample_taps(x, offset, K))  # (B, Cout, H, W)
-        if backend == "gather":
-            return gather_deform_conv(x, offset, self.conv.weight, self.conv.bias, K)
+        if backend in SAMPLERS:
+            if backend in CPU_ONLY and x.device.type != "cpu":
+                raise ValueError(
+                    f"DeformConv backend {backend!r} runs on the CPU only, not on {x.device}: "
+                    "set model.deformable.backend to auto, reference or gather"
+                )
+            return column_deform_conv(x, offset, self.conv.weight, self.conv.bias, K, backend)
         return torchvision_deform_conv(x, offset, self.conv.weight, self.conv.bias, K)
 
     def extra_repr(self) -> str:

@@ -21,7 +21,7 @@ from dogbreeds import DogbreedsError
 
 ARCHS = ("cnn", "dsc", "deformable")
 SOURCES = ("stanford", "dbi", "synthetic")
-DEFORM_BACKENDS = ("auto", "reference", "gather", "torchvision")  # deformconv.BACKENDS
+DEFORM_BACKENDS = ("auto", "reference", "gather", "fused", "torchvision")  # deformconv.BACKENDS
 DEVICES = ("auto", "cpu", "cuda")
 AMPS = ("auto", "off", "bf16", "fp16")
 ROBUSTNESS_KINDS = ("affine", "perspective", "elastic", "all")

@@ -3,7 +3,7 @@
 Why C++: the tap sampling of a DeformConv is a gather and its backward a scatter, which plain
 tensor ops do in many passes (python -m dogbreeds.bench: README "Speed"). The kernel does each
 direction in one pass. It is compiled with torch's JIT extension builder (g++ and ninja, both
-on Debian's build-essential) the first time a `fused` DeformConv runs, and cached under
+ninja from the lock file) the first time a `fused` DeformConv runs, and cached under
 ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), about 20 s on 2 cores.
 The build targets this CPU (``-march=native``), so the cache name carries a fingerprint of
 the CPU's feature flags: a home directory shared between machines never loads a build made
@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import platform
 from pathlib import Path
 from types import ModuleType
@@ -39,7 +40,11 @@ def cpu_fingerprint() -> str:
 @functools.cache
 def _build() -> tuple[ModuleType | None, str]:
     try:
+        # Importing it warns that no CUDA runtime exists, which is true and beside the point.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         from torch.utils.cpp_extension import load
+
+        _put_ninja_on_path()
 
         log.info("building the C++ DeformConv CPU kernel (once per machine, about 20 s)")
         module = load(
@@ -52,6 +57,18 @@ def _build() -> tuple[ModuleType | None, str]:
     except Exception as error:  # no compiler, no ninja, a failed build: say why, once
         reason = f"{type(error).__name__}: {str(error).strip().splitlines()[-1:] or ''}"
         return None, f"the C++ DeformConv kernel ({SOURCE.name}) could not be built: {reason}"
+
+
+def _put_ninja_on_path() -> None:
+    """torch runs `ninja` from PATH; the pip package's copy sits in the venv's bin folder,
+    which is not on PATH when the venv's python is called by its full path (`make test`)."""
+    try:
+        import ninja
+    except ImportError:
+        return  # a system ninja, if any, is already on PATH
+    path = os.environ.get("PATH", "")
+    if ninja.BIN_DIR not in path.split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, path])
 
 
 def cpu_kernel() -> ModuleType:

@@ -76,7 +76,7 @@ def run_training(
     configure_device(device)
     amp = resolve_amp(params.train.amp, device, arch)
     backend = params.model.deformable.backend
-    if backend == "auto":
+    if backend == "auto" and arch == "deformable":  # only it has DeformConv layers to build
         backend = default_backend(device)
     train, val = load_prepared(prepared, params.model.resolution)
     mean, std = channel_stats(train.images)

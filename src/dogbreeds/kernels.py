@@ -46,7 +46,9 @@ def _build() -> tuple[ModuleType | None, str]:
 
         _put_ninja_on_path()
 
-        log.info("building the C++ DeformConv CPU kernel (once per machine, about 20 s)")
+        log.info(
+            "loading the C++ DeformConv CPU kernel (built on first use on a machine, about 20 s)"
+        )
         module = load(
             name=f"dogbreeds_deform_cpu_{cpu_fingerprint()}",
             sources=[str(SOURCE)],

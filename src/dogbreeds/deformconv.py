@@ -214,7 +214,7 @@ class GatherSampler:
     """Bilinear taps with plain tensor ops (embedding_bag), for `ColumnDeformConv`."""
 
     @staticmethod
-    def columns(x, offset, K):
+    def columns(x, offset, K, dtype):
         B, C, H, W = x.shape
         py, px = tap_positions(offset, K, position_dtype(x))  # (B, K, K, H, W)
         py = py.flatten(1, 2).permute(0, 2, 3, 1)  # (B, H, W, K*K): taps last, like columns
@@ -224,12 +224,13 @@ class GatherSampler:
         corners = base[:, None] + corner_steps(W, x.device)  # (N, 4) rows of the neighbours
         # One fused gather-and-blend: cols[n] = sum_i bw[n, i] * x_rows[corners[n, i]].
         cols = F.embedding_bag(corners, x_rows, per_sample_weights=bw, mode="sum")  # (N, C)
-        return cols, (x_rows, corners, bw, dbw_dy, dbw_dx)
+        return cols.to(dtype), (x_rows, corners, bw, dbw_dy, dbw_dx)
 
     @staticmethod
     def backward(saved, grad_cols, shape, needs_x, needs_offset):
         x_rows, corners, bw, dbw_dy, dbw_dx = saved
         B, C, H, W, K = shape
+        grad_cols = grad_cols.to(bw.dtype)
         grad_x = grad_offset = None
         if needs_x:
             grad_rows = scatter_to_pixels(grad_cols, corners[:, 0], bw, x_rows.shape[0], W)
@@ -255,12 +256,13 @@ class FusedSampler:
     """Bilinear taps with the C++ CPU kernel (`cpu_kernel`), for `ColumnDeformConv`."""
 
     @staticmethod
-    def columns(x, offset, K):
+    def columns(x, offset, K, dtype):
         kernel = cpu_kernel()
         exact = position_dtype(x)
         x_nhwc = x.to(exact).permute(0, 2, 3, 1).contiguous()  # free for a channels_last x
         offset = offset.to(exact).contiguous()
-        cols = kernel.deform_im2col(x_nhwc, offset, K)  # (B, H, W, K*K, C)
+        # Blended in float32, stored in the matmul's dtype (no separate conversion pass).
+        cols = kernel.deform_im2col(x_nhwc, offset, K, dtype)  # (B, H, W, K*K, C)
         return cols.view(-1, x.shape[1]), (x_nhwc, offset)
 
     @staticmethod
@@ -291,8 +293,8 @@ class ColumnDeformConv(torch.autograd.Function):
         K = kernel_size
         Cout = weight.shape[0]
         sampler = SAMPLERS[sampler]
-        cols, saved = sampler.columns(x, offset, K)  # (N, C) in float32 / float64
-        cols = cols.to(dtype).view(B * H * W, K * K * C)  # (B*H*W, K*K*C), columns (ki, kj, c)
+        cols, saved = sampler.columns(x, offset, K, dtype)  # (N, C), blended in float32 / 64
+        cols = cols.view(B * H * W, K * K * C)  # (B*H*W, K*K*C), columns (ki, kj, c)
         w_mat = weight.to(dtype).permute(0, 2, 3, 1).reshape(Cout, K * K * C)
         out = torch.addmm(bias.to(dtype), cols, w_mat.t())  # (B*H*W, Cout)
         ctx.save_for_backward(cols, w_mat, *saved)
@@ -316,7 +318,7 @@ class ColumnDeformConv(torch.autograd.Function):
             grad_bias = g_rows.sum(0, dtype=exact).to(bias_dtype)
         needs_x, needs_offset = ctx.needs_input_grad[:2]
         if needs_x or needs_offset:
-            grad_cols = (g_rows @ w_mat).to(exact).view(-1, C)  # (N, C)
+            grad_cols = (g_rows @ w_mat).view(-1, C)  # (N, C) in the matmul's dtype
             grad_x, grad_offset = ctx.sampler.backward(
                 saved, grad_cols, ctx.shape, needs_x, needs_offset
             )

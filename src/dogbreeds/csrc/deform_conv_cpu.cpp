@@ -43,8 +43,8 @@ struct Corners {
   }
 };
 
-template <typename scalar_t>
-void im2col_kernel(const scalar_t* x, const scalar_t* offset, scalar_t* cols, int64_t B,
+template <typename scalar_t, typename col_t>
+void im2col_kernel(const scalar_t* x, const scalar_t* offset, col_t* cols, int64_t B,
                    int64_t H, int64_t W, int64_t C, int64_t K) {
   const int64_t KK = K * K, HW = H * W, pad = (K - 1) / 2;
   const std::vector<scalar_t> zeros(C, 0);  // what a neighbour outside the image reads
@@ -60,11 +60,11 @@ void im2col_kernel(const scalar_t* x, const scalar_t* offset, scalar_t* cols, in
         const scalar_t* __restrict__ s[4];
         for (int i = 0; i < 4; ++i) s[i] = c.index[i] < 0 ? zeros.data() : img + c.index[i] * C;
         const scalar_t w0 = c.weight[0], w1 = c.weight[1], w2 = c.weight[2], w3 = c.weight[3];
-        scalar_t* __restrict__ out = cols + (p * KK + k) * C;
+        col_t* __restrict__ out = cols + (p * KK + k) * C;
         const scalar_t *s0 = s[0], *s1 = s[1], *s2 = s[2], *s3 = s[3];
 #pragma omp simd
         for (int64_t ch = 0; ch < C; ++ch)  // one store per channel, the 4 reads fused
-          out[ch] = w0 * s0[ch] + w1 * s1[ch] + w2 * s2[ch] + w3 * s3[ch];
+          out[ch] = static_cast<col_t>(w0 * s0[ch] + w1 * s1[ch] + w2 * s2[ch] + w3 * s3[ch]);
       }
     }
   });
@@ -73,8 +73,8 @@ void im2col_kernel(const scalar_t* x, const scalar_t* offset, scalar_t* cols, in
 // One pass over the taps: the tap's column gradient goes back to its 4 neighbours (grad_x) and,
 // dotted with them, to the tap's position (grad_offset). Images are split across threads, so
 // no two threads ever write the same grad_x row.
-template <typename scalar_t>
-void col2im_kernel(const scalar_t* x, const scalar_t* offset, const scalar_t* grad_cols,
+template <typename scalar_t, typename col_t>
+void col2im_kernel(const scalar_t* x, const scalar_t* offset, const col_t* grad_cols,
                    scalar_t* grad_x, scalar_t* grad_offset, int64_t B, int64_t H, int64_t W,
                    int64_t C, int64_t K) {
   const int64_t KK = K * K, HW = H * W, pad = (K - 1) / 2;
@@ -92,7 +92,7 @@ void col2im_kernel(const scalar_t* x, const scalar_t* offset, const scalar_t* gr
           const scalar_t py = h + k / K - pad + off[(2 * k) * HW];
           const scalar_t px = w + k % K - pad + off[(2 * k + 1) * HW];
           const Corners<scalar_t> c(py, px, H, W);
-          const scalar_t* __restrict__ g = grad_cols + ((b * HW + hw) * KK + k) * C;
+          const col_t* __restrict__ g = grad_cols + ((b * HW + hw) * KK + k) * C;
           // Outside neighbours read zeros and write to a scratch row nobody reads.
           const scalar_t* __restrict__ s[4];
           scalar_t* __restrict__ d[4];
@@ -108,7 +108,7 @@ void col2im_kernel(const scalar_t* x, const scalar_t* offset, const scalar_t* gr
           // The 4 neighbours are distinct rows (or the scratch row), so iterations are independent.
 #pragma omp simd reduction(+ : dot0, dot1, dot2, dot3)
           for (int64_t ch = 0; ch < C; ++ch) {
-            const scalar_t gc = g[ch];
+            const scalar_t gc = static_cast<scalar_t>(g[ch]);
             dot0 += s0[ch] * gc;
             dot1 += s1[ch] * gc;
             dot2 += s2[ch] * gc;
@@ -140,31 +140,54 @@ void check(const torch::Tensor& x, const torch::Tensor& offset, int64_t K) {
 
 }  // namespace
 
-// x (B, H, W, C), offset (B, 2*K*K, H, W) -> columns (B, H, W, K*K, C).
-torch::Tensor deform_im2col(torch::Tensor x, torch::Tensor offset, int64_t K) {
+// Calls f(scalar_t{}, col_t{}) with the position type of x (float, double) and the column type
+// (x's, or bfloat16 / half under autocast: the matmul's dtype, so no conversion pass is needed).
+template <typename F>
+void dispatch(const torch::Tensor& x, at::ScalarType cols, F f) {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "deform_conv_cpu", [&] {
+    if (cols == x.scalar_type()) {
+      f(scalar_t{}, scalar_t{});
+    } else if (cols == at::kBFloat16 && x.scalar_type() == at::kFloat) {
+      f(scalar_t{}, c10::BFloat16{});
+    } else if (cols == at::kHalf && x.scalar_type() == at::kFloat) {
+      f(scalar_t{}, c10::Half{});
+    } else {
+      TORCH_CHECK(false, "columns must be x's dtype, or bfloat16 / float16 for float32 x");
+    }
+  });
+}
+
+// x (B, H, W, C), offset (B, 2*K*K, H, W) -> columns (B, H, W, K*K, C) in `dtype`.
+torch::Tensor deform_im2col(torch::Tensor x, torch::Tensor offset, int64_t K,
+                            at::ScalarType dtype) {
   check(x, offset, K);
   const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
-  auto cols = torch::empty({B, H, W, K * K, C}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "deform_im2col", [&] {
-    im2col_kernel<scalar_t>(x.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(),
-                            cols.data_ptr<scalar_t>(), B, H, W, C, K);
+  auto cols = torch::empty({B, H, W, K * K, C}, x.options().dtype(dtype));
+  dispatch(x, dtype, [&](auto position, auto column) {
+    using scalar_t = decltype(position);
+    using col_t = decltype(column);
+    im2col_kernel<scalar_t, col_t>(x.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(),
+                                   cols.data_ptr<col_t>(), B, H, W, C, K);
   });
   return cols;
 }
 
-// The gradients of deform_im2col: (grad_x (B, H, W, C), grad_offset (B, 2*K*K, H, W)).
+// The gradients of deform_im2col: (grad_x (B, H, W, C), grad_offset (B, 2*K*K, H, W)), in x's
+// dtype; grad_cols may be in the columns' dtype.
 std::vector<torch::Tensor> deform_col2im(torch::Tensor x, torch::Tensor offset,
                                          torch::Tensor grad_cols, int64_t K) {
   check(x, offset, K);
-  TORCH_CHECK(grad_cols.dtype() == x.dtype() && grad_cols.is_contiguous(), "grad_cols layout");
+  TORCH_CHECK(grad_cols.is_contiguous(), "grad_cols must be contiguous");
   const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
   TORCH_CHECK(grad_cols.numel() == B * H * W * K * K * C, "grad_cols must be (B, H, W, K*K, C)");
   auto grad_x = torch::zeros_like(x);
   auto grad_offset = torch::empty_like(offset);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "deform_col2im", [&] {
-    col2im_kernel<scalar_t>(x.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(),
-                            grad_cols.data_ptr<scalar_t>(), grad_x.data_ptr<scalar_t>(),
-                            grad_offset.data_ptr<scalar_t>(), B, H, W, C, K);
+  dispatch(x, grad_cols.scalar_type(), [&](auto position, auto column) {
+    using scalar_t = decltype(position);
+    using col_t = decltype(column);
+    col2im_kernel<scalar_t, col_t>(x.data_ptr<scalar_t>(), offset.data_ptr<scalar_t>(),
+                                   grad_cols.data_ptr<col_t>(), grad_x.data_ptr<scalar_t>(),
+                                   grad_offset.data_ptr<scalar_t>(), B, H, W, C, K);
   });
   return {grad_x, grad_offset};
 }

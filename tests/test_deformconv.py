@@ -174,3 +174,24 @@ def test_fused_kernel_handles_far_and_edge_positions():
         fused.load_state_dict(ref.state_dict())
         expected = ref.conv.bias.view(1, 3, 1, 1).expand(1, 3, 5, 5)
         torch.testing.assert_close(fused(x), expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_fused_half_columns_are_float32_columns_rounded_once(dtype):
+    """Under autocast the kernel writes the matmul's dtype itself: the same float32 blend,
+    rounded once, as converting float32 columns afterwards (what `gather` does)."""
+    kernel = kernels.cpu_kernel()
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 5, 4)  # (B, H, W, C)
+    offset = 3 * torch.randn(2, 18, 6, 5)
+    full = kernel.deform_im2col(x, offset, 3, torch.float32)
+    half = kernel.deform_im2col(x, offset, 3, dtype)
+    assert half.dtype == dtype
+    assert torch.equal(half, full.to(dtype))
+    grad = torch.randn(full.shape).to(dtype)
+    for a, b in zip(
+        kernel.deform_col2im(x, offset, grad, 3),
+        kernel.deform_col2im(x, offset, grad.float(), 3),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

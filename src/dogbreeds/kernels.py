@@ -6,8 +6,9 @@ direction in one pass. It is compiled with torch's JIT extension builder (g++ an
 ninja from the lock file) the first time a `fused` DeformConv runs, and cached under
 ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), about 20 s on 2 cores.
 The build targets this CPU (``-march=native``), so the cache name carries a fingerprint of
-the CPU's feature flags: a home directory shared between machines never loads a build made
-for another CPU.
+the CPU's feature flags and of the source: a home directory shared between machines never
+loads a build made for another CPU, and two checkouts with different kernel sources (a
+worktree, a `dvc exp run --temp` copy of another commit) never rebuild over each other.
 
 Where no compiler is found, `cpu_kernel_error` says why, and `auto` falls back to `gather`.
 """
@@ -37,6 +38,11 @@ def cpu_fingerprint() -> str:
     return hashlib.sha256(f"{platform.machine()} {flags}".encode()).hexdigest()[:8]
 
 
+def source_fingerprint() -> str:
+    """8 hex digits naming the kernel's source text."""
+    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:8]
+
+
 @functools.cache
 def _build() -> tuple[ModuleType | None, str]:
     try:
@@ -50,7 +56,7 @@ def _build() -> tuple[ModuleType | None, str]:
             "loading the C++ DeformConv CPU kernel (built on first use on a machine, about 20 s)"
         )
         module = load(
-            name=f"dogbreeds_deform_cpu_{cpu_fingerprint()}",
+            name=f"dogbreeds_deform_cpu_{cpu_fingerprint()}_{source_fingerprint()}",
             sources=[str(SOURCE)],
             extra_cflags=["-O3", "-march=native", "-fopenmp"],
             extra_ldflags=["-fopenmp"],

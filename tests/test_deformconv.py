@@ -195,3 +195,20 @@ def test_fused_half_columns_are_float32_columns_rounded_once(dtype):
         strict=True,
     ):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_kernel_build_error_names_the_last_line(monkeypatch):
+    """A failed build is reported by its last line (the compiler's verdict), plainly."""
+    import torch.utils.cpp_extension as cpp_extension
+
+    def fail(**_):
+        raise RuntimeError("ninja: build stopped\nerror: g++ not found")
+
+    monkeypatch.setattr(cpp_extension, "load", fail)
+    kernels._build.cache_clear()
+    try:
+        assert kernels.cpu_kernel_error().endswith(
+            "could not be built: RuntimeError: error: g++ not found"
+        )
+    finally:
+        kernels._build.cache_clear()  # the next caller builds (or loads) the real kernel

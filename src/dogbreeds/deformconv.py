@@ -48,9 +48,9 @@ CPU_ONLY = ("fused",)  # backends with a CPU kernel only
 
 # The backend `auto` uses per device type, from training-step benchmarks of the deformable net
 # (forward, loss, backward, clipping, Adam step; python -m dogbreeds.bench):
-# - CPU, 64x64, batch 32, 2 threads of a Xeon with AMX, float32, glibc malloc keeping freed
-#   memory (engine.keep_freed_memory): fused 400 img/s, gather 248 (cnn 739). Before that
-#   malloc setting, fused 308 and gather 201; reference 95 and torchvision 12 (an earlier run).
+# - CPU, 64x64, batch 32, 2 threads of a Xeon with AMX, float32 (README "Speed" table): fused
+#   383 img/s, gather 227, reference 178, torchvision 19 (cnn 701); under bf16 autocast fused
+#   498, gather 273, reference 220.
 # - CUDA (H100, 224x224, torch 2.11): reference 2,483 img/s at batch 128 under bf16, torchvision
 #   1,992, gather 1,184; at batch 32: 2,130 / 1,849 / 952. grid_sample's fused kernel wins.
 #   `fused` has no CUDA kernel.

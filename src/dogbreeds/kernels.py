@@ -63,7 +63,8 @@ def _build() -> tuple[ModuleType | None, str]:
         )
         return module, ""
     except Exception as error:  # no compiler, no ninja, a failed build: say why, once
-        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[-1:] or ''}"
+        last_line = (str(error).strip().splitlines() or [""])[-1]  # the compiler's verdict
+        reason = f"{type(error).__name__}: {last_line}"
         return None, f"the C++ DeformConv kernel ({SOURCE.name}) could not be built: {reason}"
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from dogbreeds import bench
 
 
@@ -24,3 +26,14 @@ def test_bench_times_each_net_and_backend_and_writes_json_and_markdown(tmp_path,
     assert "| cpu | 4 | off | deformable | reference |" in table and ratio in table
     assert "| cpu | 4 | off | cnn | - |" in table and "1.00x" in table
     assert table.strip() in capsys.readouterr().out
+
+
+def test_bench_skips_backends_without_a_kernel_for_the_device(monkeypatch):
+    """`fused` has no CUDA kernel and `triton` no CPU one: neither is timed where it can't run."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    configs = list(bench.configurations([torch.device("cpu"), torch.device("cuda")], [8], ["off"],
+                                        ["fused", "triton", "gather"]))  # fmt: skip
+    deformable = [(str(device), backend) for device, net, backend, *_ in configs
+                  if net == "deformable"]  # fmt: skip
+    assert deformable == [("cpu", "fused"), ("cpu", "gather"), ("cuda", "triton"),
+                          ("cuda", "gather")]  # fmt: skip

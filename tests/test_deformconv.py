@@ -9,11 +9,20 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dogbreeds import kernels
-from dogbreeds.deformconv import BACKENDS, ColumnDeformConv, DeformConv, default_backend
+from dogbreeds import deformconv, kernels
+from dogbreeds.deformconv import (
+    BACKENDS,
+    CUDA_ONLY,
+    ColumnDeformConv,
+    DeformConv,
+    default_backend,
+    triton_interpreted,
+)
 from dogbreeds.models import build_model, offset_parameters
 
-CONCRETE = [b for b in BACKENDS if b != "auto"]  # reference, gather, fused, torchvision
+# Every backend that runs on the CPU here: reference, gather, fused, torchvision, and triton
+# under Triton's interpreter (test_triton_kernels.py runs this file's triton cases so).
+CONCRETE = [b for b in BACKENDS if b != "auto" and (b not in CUDA_ONLY or triton_interpreted())]
 FAST = [b for b in CONCRETE if b != "reference"]
 
 
@@ -133,13 +142,14 @@ def test_checkpoint_moves_between_backends():
 
 
 def test_unknown_backend_is_rejected():
-    with pytest.raises(ValueError, match="Known: auto, reference, gather, fused, torchvision"):
+    known = "Known: auto, reference, gather, fused, triton, torchvision"
+    with pytest.raises(ValueError, match=known):
         DeformConv(3, 3, backend="cuda-fast")
 
 
 def test_auto_backend_follows_the_table():
     assert default_backend("cpu") == "fused"
-    assert default_backend("cuda") == "reference"  # measured on an H100 (README, Speed)
+    assert default_backend("cuda") == "triton"  # measured on an H200 (README, Speed)
     assert default_backend("meta") == "reference"
 
 
@@ -149,13 +159,26 @@ def test_fused_backend_refuses_other_devices():
         layer(torch.zeros(1, 3, 4, 4, device="meta"))
 
 
+def test_gpu_only_backend_refuses_the_cpu(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="'triton' runs on CUDA only, not on cpu"):
+        DeformConv(3, 3, backend="triton")(torch.zeros(1, 3, 4, 4))
+
+
 def test_auto_falls_back_to_gather_without_a_compiler(monkeypatch):
     """No C++ toolchain: `auto` says why, once, and uses `gather`; `fused` itself refuses."""
     monkeypatch.setattr(kernels, "_build", lambda: (None, "no g++ here"))
-    with pytest.warns(UserWarning, match="auto uses gather on the CPU: no g\\+\\+ here"):
+    with pytest.warns(UserWarning, match="auto uses gather on cpu, not fused: no g\\+\\+ here"):
         assert default_backend("cpu") == "gather"
     with pytest.raises(RuntimeError, match="no g\\+\\+ here. Use model.deformable.backend=gather"):
         DeformConv(3, 3, backend="fused")(torch.zeros(1, 3, 4, 4))
+
+
+def test_auto_falls_back_to_reference_without_triton(monkeypatch):
+    """No Triton (an install without it): `auto` on CUDA warns and uses `reference`."""
+    monkeypatch.setattr(deformconv, "triton_error", lambda: "Triton cannot be imported (gone)")
+    with pytest.warns(UserWarning, match="auto uses reference on cuda, not triton: .*gone"):
+        assert default_backend("cuda") == "reference"
 
 
 def test_fused_kernel_handles_far_and_edge_positions():

@@ -106,3 +106,10 @@ def test_exponent_floats_written_by_dvc_exp_are_numbers(tmp_path):
     params = load_params(path)
     assert params.train.weight_decay == 1e-4
     assert params.train.schedules["s20_14_6"].max_lr == [0.01, 0.001, 5e-05]
+
+
+def test_deform_backend_choices_are_deformconvs_backends():
+    from dogbreeds.deformconv import BACKENDS
+    from dogbreeds.params import DEFORM_BACKENDS
+
+    assert DEFORM_BACKENDS == BACKENDS

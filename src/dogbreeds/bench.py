@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from dogbreeds import engine
-from dogbreeds.deformconv import BACKENDS
+from dogbreeds.deformconv import BACKENDS, runs_on
 from dogbreeds.models import MODELS, build_model
 from dogbreeds.params import AugmentParams
 
@@ -111,6 +111,8 @@ def configurations(devices, batches, amps, backends):
                     continue  # CPU autocast has no fast fp16 path worth timing
                 for net in MODELS:
                     for backend in backends if net == "deformable" else ["-"]:
+                        if backend != "-" and not runs_on(backend, device):
+                            continue  # fused is CPU-only, triton CUDA-only
                         if backend == "torchvision" and amp != "off" and device.type == "cpu":
                             continue  # no bf16 kernel: it upcasts, same as "off"
                         yield device, net, backend, batch, amp

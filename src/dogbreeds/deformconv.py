@@ -23,6 +23,10 @@ Backends (all agree to 1e-6 in float64, forward and backward; tests/test_deformc
   (csrc/deform_conv_cpu.cpp, one pass per direction; built on first use, `dogbreeds.kernels`).
   CPU only. `gather` and `fused` share `ColumnDeformConv` (the matmuls) and differ only in the
   sampler.
+* ``triton``: the same columns built, and their gradient sent back, by two Triton kernels
+  (triton_kernels.py, one pass per direction, the input read in place through its strides).
+  CUDA only (or CPU tensors under Triton's interpreter, which is how the tests check it). The
+  input gradient is accumulated with atomics, so it is not bit-reproducible.
 * ``torchvision``: ``torchvision.ops.deform_conv2d`` with the same weights (always in float32).
 * ``auto``: per forward, the backend `default_backend` names for the input's device.
 
@@ -35,6 +39,7 @@ Under autocast only the matmul / conv runs in the autocast dtype.
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 
 import torch
@@ -43,37 +48,64 @@ from torch import nn
 
 from dogbreeds.kernels import cpu_kernel, cpu_kernel_error
 
-BACKENDS = ("auto", "reference", "gather", "fused", "torchvision")
+BACKENDS = ("auto", "reference", "gather", "fused", "triton", "torchvision")
 CPU_ONLY = ("fused",)  # backends with a CPU kernel only
+CUDA_ONLY = ("triton",)  # backends with GPU kernels only (CPU only under Triton's interpreter)
 
 # The backend `auto` uses per device type, from training-step benchmarks of the deformable net
-# (forward, loss, backward, clipping, Adam step; python -m dogbreeds.bench):
-# - CPU, 64x64, batch 32, 2 threads of a Xeon with AMX, float32 (README "Speed" table): fused
-#   383 img/s, gather 227, reference 178, torchvision 19 (cnn 701); under bf16 autocast fused
-#   498, gather 273, reference 220.
-# - CUDA (H100, 224x224, torch 2.11): reference 2,483 img/s at batch 128 under bf16, torchvision
-#   1,992, gather 1,184; at batch 32: 2,130 / 1,849 / 952. grid_sample's fused kernel wins.
-#   `fused` has no CUDA kernel.
+# (forward, loss, backward, clipping, Adam step; python -m dogbreeds.bench; README "Speed"):
+# - CPU, 64x64, batch 32, 2 threads of a Xeon with AMX, float32: fused 383 img/s, gather 227,
+#   reference 178, torchvision 19 (cnn 701); under bf16 autocast fused 498, gather 273,
+#   reference 220.
+# - CUDA (H200, 224x224, torch 2.11, bf16 autocast): triton 8,271 img/s at batch 128,
+#   reference 2,613, torchvision 2,112 (cnn 17,226); at batch 32 triton 3,387-3,693,
+#   reference 2,373, torchvision 1,996.
 # Devices not listed fall back to `reference`.
-DEFAULT_BACKENDS = {"cpu": "fused", "cuda": "reference"}
+DEFAULT_BACKENDS = {"cpu": "fused", "cuda": "triton"}
+# Where a default cannot run (no C++ compiler, no Triton), this stands in, with a warning.
+FALLBACKS = {"fused": "gather", "triton": "reference"}
 
 
 def default_backend(device: torch.device | str) -> str:
     """The backend `auto` uses on `device` (DEFAULT_BACKENDS says where the choice comes from).
 
-    Where the C++ kernel of `fused` cannot be built (no compiler), `gather` stands in, with
-    one warning that says why.
+    Where the default's kernel cannot run here (`fused` without a C++ compiler, `triton`
+    without Triton), its FALLBACKS entry stands in, with one warning that says why.
     """
-    backend = DEFAULT_BACKENDS.get(torch.device(device).type, "reference")
-    if backend == "fused" and cpu_kernel_error():
-        _warn_fallback(cpu_kernel_error())
-        return "gather"
+    device = torch.device(device)
+    backend = DEFAULT_BACKENDS.get(device.type, "reference")
+    reason = backend_error(backend)
+    if reason:
+        _warn_fallback(backend, FALLBACKS[backend], device.type, reason)
+        return FALLBACKS[backend]
     return backend
 
 
+def backend_error(backend: str) -> str:
+    """Why `backend`'s kernel cannot run in this installation, or '' where it can."""
+    if backend == "fused":
+        return cpu_kernel_error()
+    if backend == "triton":
+        return triton_error()
+    return ""
+
+
 @functools.cache
-def _warn_fallback(reason: str) -> None:
-    warnings.warn(f"DeformConv backend auto uses gather on the CPU: {reason}", stacklevel=3)
+def triton_error() -> str:
+    """Why Triton cannot be imported here ('' where it can)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as error:
+        return f"Triton cannot be imported ({error})"
+    return ""
+
+
+@functools.cache
+def _warn_fallback(backend: str, fallback: str, device: str, reason: str) -> None:
+    warnings.warn(
+        f"DeformConv backend auto uses {fallback} on {device}, not {backend}: {reason}",
+        stacklevel=3,
+    )
 
 
 def position_dtype(x: torch.Tensor) -> torch.dtype:
@@ -273,7 +305,26 @@ class FusedSampler:
         return grad_x.permute(0, 3, 1, 2), grad_offset
 
 
-SAMPLERS = {"gather": GatherSampler, "fused": FusedSampler}
+class TritonSampler:
+    """Bilinear taps with the Triton kernels (`triton_kernels`), for `ColumnDeformConv`."""
+
+    @staticmethod
+    def columns(x, offset, K, dtype):
+        from dogbreeds import triton_kernels
+
+        cols = triton_kernels.deform_im2col(x, offset, K, dtype)  # (B*H*W*K*K, C)
+        return cols, (x, offset)
+
+    @staticmethod
+    def backward(saved, grad_cols, shape, needs_x, needs_offset):
+        from dogbreeds import triton_kernels
+
+        x, offset = saved
+        K = shape[-1]
+        return triton_kernels.deform_col2im(x, offset, grad_cols, K, needs_x, needs_offset)
+
+
+SAMPLERS = {"gather": GatherSampler, "fused": FusedSampler, "triton": TritonSampler}
 
 
 class ColumnDeformConv(torch.autograd.Function):
@@ -370,6 +421,30 @@ def torchvision_deform_conv(
 # ----------------------------------------------------------------------------- the layer
 
 
+def runs_on(backend: str, device: torch.device) -> bool:
+    """Whether `backend` has a kernel for `device` (`fused`: CPU; `triton`: CUDA)."""
+    if backend in CPU_ONLY:
+        return device.type == "cpu"
+    if backend in CUDA_ONLY:
+        return device.type == "cuda" or triton_interpreted()
+    return True
+
+
+def check_device(backend: str, device: torch.device) -> None:
+    """Stop with a clear error where `backend` has no kernel for `device`."""
+    if not runs_on(backend, device):
+        where = "the CPU" if backend in CPU_ONLY else "CUDA"
+        raise ValueError(
+            f"DeformConv backend {backend!r} runs on {where} only, not on {device}: "
+            "set model.deformable.backend to auto, reference or gather"
+        )
+
+
+def triton_interpreted() -> bool:
+    """Whether Triton runs its CPU interpreter (TRITON_INTERPRET=1), as the tests do."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 class DeformConv(nn.Module):
     """A 3x3 deformable convolution (stride 1, padding 1) with learned per-pixel tap offsets."""
 
@@ -395,11 +470,7 @@ class DeformConv(nn.Module):
         if backend == "reference":
             return self.conv(sample_taps(x, offset, K))  # (B, Cout, H, W)
         if backend in SAMPLERS:
-            if backend in CPU_ONLY and x.device.type != "cpu":
-                raise ValueError(
-                    f"DeformConv backend {backend!r} runs on the CPU only, not on {x.device}: "
-                    "set model.deformable.backend to auto, reference or gather"
-                )
+            check_device(backend, x.device)
             return column_deform_conv(x, offset, self.conv.weight, self.conv.bias, K, backend)
         return torchvision_deform_conv(x, offset, self.conv.weight, self.conv.bias, K)
 

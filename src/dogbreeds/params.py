@@ -21,7 +21,8 @@ from dogbreeds import DogbreedsError
 
 ARCHS = ("cnn", "dsc", "deformable")
 SOURCES = ("stanford", "dbi", "synthetic")
-DEFORM_BACKENDS = ("auto", "reference", "gather", "fused", "torchvision")  # deformconv.BACKENDS
+# deformconv.BACKENDS (params imports no torch, so the names are repeated; a test compares them)
+DEFORM_BACKENDS = ("auto", "reference", "gather", "fused", "triton", "torchvision")
 DEVICES = ("auto", "cpu", "cuda")
 AMPS = ("auto", "off", "bf16", "fp16")
 ROBUSTNESS_KINDS = ("affine", "perspective", "elastic", "all")

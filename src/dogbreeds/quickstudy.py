@@ -159,13 +159,14 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("pack", help="data/prepared -> a tar of JPEGs")
     p.add_argument("prepared", type=Path)
     p.add_argument("out", type=Path)
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality (lower: smaller tar)")
     r = sub.add_parser("run", help="train and score every run of params.yaml")
     r.add_argument("source", type=Path, help="a prepared folder or a tar from `pack`")
     r.add_argument("--params", type=Path, default=Path("params.yaml"))
     r.add_argument("--out", type=Path, default=None, help="also write OUT.json and OUT.md")
     args = parser.parse_args(argv)
     if args.command == "pack":
-        pack(args.prepared, args.out)
+        pack(args.prepared, args.out, args.quality)
         return
     started = time.perf_counter()
     results = run(args.source, args.params)

@@ -95,7 +95,9 @@ def test_untrained_deformconv_is_a_plain_conv(backend):
     torch.testing.assert_close(layer(x), expected, atol=1e-10, rtol=0)
 
 
-def shifted_ramp_error(backend: str, dtype: torch.dtype, side: int = 112) -> float:
+def shifted_ramp_error(
+    backend: str, dtype: torch.dtype, side: int = 112, device: str = "cpu"
+) -> float:
     """Max error of a DeformConv that shifts every tap by +0.25 px down, over a sine ramp.
 
     The ramp varies along rows (period 16 px), the conv keeps only its centre tap, so the
@@ -104,7 +106,7 @@ def shifted_ramp_error(backend: str, dtype: torch.dtype, side: int = 112) -> flo
     In bf16 a row position like 100.25 does not exist (rows 64-127 sit on a 0.5 px grid), so
     positions built in the input's dtype lose the shift.
     """
-    layer = DeformConv(1, 1, backend=backend)
+    layer = DeformConv(1, 1, backend=backend).to(device)
     with torch.no_grad():
         layer.offset.bias[0::2] = 0.25  # dy of every tap
         layer.conv.weight.zero_()
@@ -112,11 +114,13 @@ def shifted_ramp_error(backend: str, dtype: torch.dtype, side: int = 112) -> flo
         layer.conv.bias.zero_()
     rows = torch.arange(side, dtype=torch.float32).view(side, 1).expand(side, side)
     # In a net under autocast the layer before hands over a half-precision map.
-    x = torch.sin(2 * math.pi * rows / 16).view(1, 1, side, side).to(dtype)
+    x = torch.sin(2 * math.pi * rows / 16).view(1, 1, side, side).to(device, dtype)
     expected = torch.sin(2 * math.pi * (rows + 0.25) / 16)
-    with torch.autocast("cpu", dtype=dtype):
+    with torch.autocast(torch.device(device).type, dtype=dtype):
         y = layer(x)
-    return (y[0, 0].float() - expected)[: side - 1].abs().max().item()  # last row reads padding
+    assert y.dtype == dtype
+    error = y[0, 0].float().cpu() - expected
+    return error[: side - 1].abs().max().item()  # the last row reads padding
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])

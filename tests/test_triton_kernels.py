@@ -9,7 +9,6 @@ numpy, so indexing, masking and the gradient formulas are checked here; speed is
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_deformconv import shifted_ramp_error
 from torch import nn
 
 from dogbreeds.deformconv import ColumnDeformConv, DeformConv, GatherSampler, triton_interpreted
@@ -148,23 +148,9 @@ def test_triton_handles_far_and_edge_positions():
 @runs_triton
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_triton_subpixel_offsets_survive_autocast(dtype):
-    """A +0.25 px shift over a sine ramp at 112 px under autocast on the kernels' device
+    """The +0.25 px sine-ramp test of test_deformconv.py, under autocast on the kernels' device
     (float32 positions: error < 0.015; bf16 positions would lose the shift, error ~0.17)."""
-    side = 112
-    layer = DeformConv(1, 1, backend="triton").to(DEVICE)
-    with torch.no_grad():
-        layer.offset.bias[0::2] = 0.25  # dy of every tap
-        layer.conv.weight.zero_()
-        layer.conv.weight[0, 0, 1, 1] = 1.0
-        layer.conv.bias.zero_()
-    rows = torch.arange(side, dtype=torch.float32).view(side, 1).expand(side, side)
-    x = torch.sin(2 * math.pi * rows / 16).view(1, 1, side, side).to(dtype).to(DEVICE)
-    expected = torch.sin(2 * math.pi * (rows + 0.25) / 16)
-    with torch.autocast(DEVICE.type, dtype=dtype):
-        y = layer(x)
-    assert y.dtype == dtype
-    error = (y[0, 0].float().cpu() - expected)[: side - 1].abs().max().item()
-    assert error < 0.02
+    assert shifted_ramp_error("triton", dtype, device=DEVICE.type) < 0.02
 
 
 @runs_triton

@@ -34,6 +34,17 @@ WARPS = 4  # warps per program
 
 
 @triton.jit
+def _program_pixels(B, H, W, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's BLOCK_P pixels p = (b, h, w) and BLOCK_C channels, with their masks."""
+    p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    w = p % W
+    h = (p // W) % H
+    b = p // (W * H)
+    c = tl.arange(0, BLOCK_C)
+    return p, p < B * H * W, b, h, w, c, c[None, :] < C
+
+
+@triton.jit
 def _tap_corners(
     off_ptr, b, h, w, pmask, k, H, W, sob, soc, soh, sow, K: tl.constexpr, ACC: tl.constexpr
 ):
@@ -100,13 +111,7 @@ def _deform_im2col(
     K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
     """cols[p, k, c] = bilinear sample of x[b, :, :, c] at tap k of pixel p = (b, h, w)."""
-    p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
-    pmask = p < B * H * W
-    w = p % W
-    h = (p // W) % H
-    b = p // (W * H)
-    c = tl.arange(0, BLOCK_C)
-    cmask = c[None, :] < C
+    p, pmask, b, h, w, c, cmask = _program_pixels(B, H, W, C, BLOCK_P, BLOCK_C)
     xb = x_ptr + b * sxb
     row = cols_ptr + p[:, None] * (K * K * C) + c[None, :]
     for k in range(K * K):
@@ -172,13 +177,7 @@ def _deform_col2im(
     NEED_X: tl.constexpr, NEED_OFFSET: tl.constexpr,
 ):  # fmt: skip
     """Send the column gradient back: atomically to x's 4 neighbours, and to each offset."""
-    p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
-    pmask = p < B * H * W
-    w = p % W
-    h = (p // W) % H
-    b = p // (W * H)
-    c = tl.arange(0, BLOCK_C)
-    cmask = c[None, :] < C
+    p, pmask, b, h, w, c, cmask = _program_pixels(B, H, W, C, BLOCK_P, BLOCK_C)
     xb = x_ptr + b * sxb
     gxb = gx_ptr + b * (H * W * C)
     # The offset gradient has the offsets' (B, 2*K*K, H, W) shape and, here, their strides.

@@ -11,9 +11,33 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
+
+// bfloat16 <-> float with integer operations only, so the channel loops below vectorise.
+// c10::BFloat16's own conversions compute the same bits (round to nearest even, NaN kept as a
+// quiet NaN) but kept the forward loop scalar: 7.9 ms instead of 2.8 ms for float32 columns on
+// the first DeformConv layer at 64 px, batch 32 (2 threads).
+inline uint16_t bf16_bits(float value) {
+  uint32_t u;
+  std::memcpy(&u, &value, sizeof u);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  return (u & 0x7FFFFFFFu) > 0x7F800000u ? uint16_t{0x7FC0} : static_cast<uint16_t>(rounded);
+}
+
+inline float bf16_value(uint16_t bits) {
+  const uint32_t u = static_cast<uint32_t>(bits) << 16;
+  float value;
+  std::memcpy(&value, &u, sizeof value);
+  return value;
+}
+
+template <typename col_t>
+constexpr bool is_bf16 = std::is_same_v<col_t, c10::BFloat16>;
 
 // The 4 neighbours of one sampling position: flat pixel index (or -1 outside), bilinear weight
 // and the weight's derivatives w.r.t. the row and column position.
@@ -62,9 +86,16 @@ void im2col_kernel(const scalar_t* x, const scalar_t* offset, col_t* cols, int64
         const scalar_t w0 = c.weight[0], w1 = c.weight[1], w2 = c.weight[2], w3 = c.weight[3];
         col_t* __restrict__ out = cols + (p * KK + k) * C;
         const scalar_t *s0 = s[0], *s1 = s[1], *s2 = s[2], *s3 = s[3];
+        if constexpr (is_bf16<col_t>) {
+          uint16_t* __restrict__ bits = reinterpret_cast<uint16_t*>(out);
 #pragma omp simd
-        for (int64_t ch = 0; ch < C; ++ch)  // one store per channel, the 4 reads fused
-          out[ch] = static_cast<col_t>(w0 * s0[ch] + w1 * s1[ch] + w2 * s2[ch] + w3 * s3[ch]);
+          for (int64_t ch = 0; ch < C; ++ch)
+            bits[ch] = bf16_bits(w0 * s0[ch] + w1 * s1[ch] + w2 * s2[ch] + w3 * s3[ch]);
+        } else {
+#pragma omp simd
+          for (int64_t ch = 0; ch < C; ++ch)  // one store per channel, the 4 reads fused
+            out[ch] = static_cast<col_t>(w0 * s0[ch] + w1 * s1[ch] + w2 * s2[ch] + w3 * s3[ch]);
+        }
       }
     }
   });
@@ -108,7 +139,12 @@ void col2im_kernel(const scalar_t* x, const scalar_t* offset, const col_t* grad_
           // The 4 neighbours are distinct rows (or the scratch row), so iterations are independent.
 #pragma omp simd reduction(+ : dot0, dot1, dot2, dot3)
           for (int64_t ch = 0; ch < C; ++ch) {
-            const scalar_t gc = static_cast<scalar_t>(g[ch]);
+            scalar_t gc;
+            if constexpr (is_bf16<col_t>) {
+              gc = bf16_value(reinterpret_cast<const uint16_t*>(g)[ch]);
+            } else {
+              gc = static_cast<scalar_t>(g[ch]);
+            }
             dot0 += s0[ch] * gc;
             dot1 += s1[ch] * gc;
             dot2 += s2[ch] * gc;

@@ -54,9 +54,9 @@ CUDA_ONLY = ("triton",)  # backends with GPU kernels only (CPU only under Triton
 
 # The backend `auto` uses per device type, from training-step benchmarks of the deformable net
 # (forward, loss, backward, clipping, Adam step; python -m dogbreeds.bench; README "Speed"):
-# - CPU, 64x64, batch 32, 2 threads of a Xeon with AMX, float32: fused 383 img/s, gather 227,
-#   reference 178, torchvision 19 (cnn 701); under bf16 autocast fused 498, gather 273,
-#   reference 220.
+# - CPU, 64x64, batch 32, 2 threads of a Xeon with AMX, float32: fused 385 img/s, gather 234,
+#   reference 187, torchvision 19 (cnn 714); under bf16 autocast fused 576, gather 281,
+#   reference 232.
 # - CUDA (H200, 224x224, torch 2.11, bf16 autocast): triton 8,271 img/s at batch 128,
 #   reference 2,613, torchvision 2,112 (cnn 17,226); at batch 32 triton 3,387-3,693,
 #   reference 2,373, torchvision 1,996.

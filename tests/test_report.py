@@ -135,7 +135,9 @@ def test_each_cell_gets_mean_ci_per_seed_values_and_the_paper(study):
     assert "| test_acc | hot (50/7/3 @ 0.02/0.002/0.0002) | - | 0.3200 [" in cnn  # not the paper's
     assert "## DogBreedClassificationDSC" not in markdown  # not in params
     headline = json.loads((metrics / "headline.json").read_text())
-    assert headline["deformable"]["hot"] == {"test_acc": 0.42, "clean_test_acc": 0.6}
+    assert headline["deformable"]["hot"] == {
+        "test_acc": 0.42, "clean_test_acc": 0.6, "val_acc": 0.52, "wall_time_s": 90.0
+    }  # fmt: skip
     assert set(headline) == {"cnn", "deformable"} and set(headline["cnn"]) == set(SCHEDULES)
 
 

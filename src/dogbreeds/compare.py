@@ -7,11 +7,12 @@ of DVC experiments (the grid that `python -m dogbreeds.grid` queues, or any othe
 1. `dvc exp show --json` lists the experiments with their params and metrics (the metrics
    files are committed to every experiment, so nothing has to be checked out);
 2. each experiment's params `train.archs` x `train.schedules` name its cells, and
-   `metrics/headline.json` (the study's only DVC metrics file: test_acc and clean_test_acc per
-   net and schedule, means over `train.seeds`) gives their accuracy; experiments from before
-   seeds have per-run metrics instead, `metrics/eval/<arch>-<schedule>.json` (test_acc,
-   clean_test_acc) and `metrics/train/<arch>-<schedule>.json` (val_acc, wall_time_s), which
-   are read where present; `model.width_mult` and `model.resolution` give the size, counted by
+   `metrics/headline.json` (the study's only DVC metrics file: test_acc, clean_test_acc,
+   val_acc and wall_time_s per net and schedule, means over `train.seeds`) gives their
+   numbers; experiments from before seeds have per-run metrics instead,
+   `metrics/eval/<arch>-<schedule>.json` (test_acc, clean_test_acc) and
+   `metrics/train/<arch>-<schedule>.json` (val_acc, wall_time_s), which are read where
+   present; `model.width_mult` and `model.resolution` give the size, counted by
    `dogbreeds.models.net_size`;
 3. it draws accuracy against MACs and against params (one line per net and alpha, each point
    labelled by its input side) and prints a Markdown table laid out like MobileNet's tables.
@@ -178,7 +179,8 @@ def results_of(name: str, state: dict) -> list[Result]:
             if test_acc is None:
                 log.debug("%s %s: no test_acc in metrics/eval/%s.json", name, run, run)
                 continue
-            training = metrics_file(metrics, f"metrics/train/{run}.json")
+            # val acc and train time: per run before seeds, means over seeds in the headline
+            training = metrics_file(metrics, f"metrics/train/{run}.json") or evaluation
             results.append(
                 Result(
                     experiment=name,

@@ -501,15 +501,20 @@ def answer(question: str, what: str, comparisons: list[Comparison], seeds: int) 
 
 
 def headline(params: Params, runs: list[RunResult]) -> dict:
-    """metrics/headline.json: per net and schedule, the mean deformed and clean test accuracy
-    over seeds; all that `dvc metrics show` and `dvc exp show` need to compare experiments."""
+    """metrics/headline.json: per net and schedule, means over seeds of the deformed and clean
+    test accuracy, the last epoch's val accuracy and the training wall time; all that
+    `dvc metrics show`, `dvc exp show` and `dogbreeds.compare` need to compare experiments."""
+
+    def mean(values: list[float], digits: int) -> float:
+        return round(t_interval(values).mean, digits)
+
     return {
         arch: {
             schedule: {
-                "test_acc": round(t_interval([r.eval["test_acc"] for r in seeds]).mean, 4),
-                "clean_test_acc": round(
-                    t_interval([r.eval["clean_test_acc"] for r in seeds]).mean, 4
-                ),
+                "test_acc": mean([r.eval["test_acc"] for r in seeds], 4),
+                "clean_test_acc": mean([r.eval["clean_test_acc"] for r in seeds], 4),
+                "val_acc": mean([r.train["val_acc"] for r in seeds], 4),
+                "wall_time_s": mean([r.train["wall_time_s"] for r in seeds], 1),
             }
             for schedule in params.train.schedules
             for seeds in [cell(runs, arch, schedule)]

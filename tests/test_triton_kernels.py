@@ -51,7 +51,7 @@ def sampled(x, offset, K=3, dtype=None):
 
 
 @runs_triton
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
 def test_triton_columns_and_gradients_match_gather_in_float64(layout):
     """Columns, grad x and grad offset equal gather's to 1e-12, whatever the input's strides."""
     from dogbreeds import triton_kernels
@@ -63,15 +63,20 @@ def test_triton_columns_and_gradients_match_gather_in_float64(layout):
     ref, saved = GatherSampler.columns(x, offset, 3, torch.float64)
     grad_cols = torch.randn(ref.shape, dtype=torch.float64)
     ref_x, ref_offset = GatherSampler.backward(saved, grad_cols, (B, C, H, W, 3), True, True)
-    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    x_dev = x.to(DEVICE).contiguous(memory_format=fmt)
-    offset_dev = offset.to(DEVICE).contiguous(memory_format=fmt)
+    if layout == "sliced":  # every other column of wider tensors: strided, not dense
+        x_dev = torch.repeat_interleave(x, 2, dim=3).to(DEVICE)[..., ::2]
+        offset_dev = torch.repeat_interleave(offset, 2, dim=3).to(DEVICE)[..., ::2]
+    else:
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        x_dev = x.to(DEVICE).contiguous(memory_format=fmt)
+        offset_dev = offset.to(DEVICE).contiguous(memory_format=fmt)
     cols = triton_kernels.deform_im2col(x_dev, offset_dev, 3, torch.float64)
     torch.testing.assert_close(cols.cpu(), ref, atol=1e-12, rtol=0)
     grad_x, grad_offset = triton_kernels.deform_col2im(x_dev, offset_dev, grad_cols.to(DEVICE), 3)
     torch.testing.assert_close(grad_x.cpu(), ref_x, atol=1e-12, rtol=0)
     torch.testing.assert_close(grad_offset.cpu(), ref_offset, atol=1e-12, rtol=0)
-    assert grad_offset.stride() == offset_dev.stride()
+    if layout != "sliced":
+        assert grad_offset.stride() == offset_dev.stride()
     only_x = triton_kernels.deform_col2im(x_dev, offset_dev, grad_cols.to(DEVICE), 3, True, False)
     only_offset = triton_kernels.deform_col2im(
         x_dev, offset_dev, grad_cols.to(DEVICE), 3, False, True

@@ -58,8 +58,8 @@ CUDA_ONLY = ("triton",)  # backends with GPU kernels only (CPU only under Triton
 #   reference 187, torchvision 19 (cnn 714); under bf16 autocast fused 576, gather 281,
 #   reference 232.
 # - CUDA (H200, 224x224, torch 2.11, bf16 autocast): triton 8,271 img/s at batch 128,
-#   reference 2,613, torchvision 2,112 (cnn 17,226); at batch 32 triton 3,387-3,693,
-#   reference 2,373, torchvision 1,996.
+#   reference 2,613, torchvision 2,112 (cnn 17,226-17,262, two runs); at batch 32 triton
+#   3,387, reference 2,373, torchvision 1,996 (launch-bound and noisy: cnn 6,460-7,794).
 # Devices not listed fall back to `reference`.
 DEFAULT_BACKENDS = {"cpu": "fused", "cuda": "triton"}
 # Where a default cannot run (no C++ compiler, no Triton), this stands in, with a warning.

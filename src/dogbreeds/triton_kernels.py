@@ -240,17 +240,20 @@ def deform_col2im(
     K = kernel_size
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     grad_x = torch.zeros(B, H, W, C, device=x.device, dtype=acc_dtype) if needs_x else None
-    grad_offset = torch.empty_like(offset, dtype=acc_dtype) if needs_offset else None
-    if grad_offset is not None and grad_offset.stride() != offset.stride():
-        grad_offset = torch.empty_strided(
-            offset.shape, offset.stride(), device=offset.device, dtype=acc_dtype
-        )
+    # The kernel writes grad offset through the offsets' strides, so both need the same dense
+    # layout: empty_like keeps a dense tensor's strides; a sliced or expanded offset is copied.
+    grad_offset = torch.empty_like(offset, dtype=acc_dtype)
+    if grad_offset.stride() != offset.stride():
+        offset = offset.contiguous()
+        grad_offset = torch.empty_like(offset, dtype=acc_dtype)
     block_p, block_c, grid = _launch_shape(x)
-    _deform_col2im[grid](
+    _deform_col2im[grid](  # a gradient not asked for gets a pointer the kernel never touches
         x, offset, grad_cols.contiguous(),
-        grad_x if needs_x else grad_cols, grad_offset if needs_offset else offset,
+        grad_x if needs_x else grad_cols, grad_offset,
         B, H, W, C, *_nhwc_strides(x), *offset.stride(),
         K=K, BLOCK_P=block_p, BLOCK_C=block_c, ACC=_acc(x),
         NEED_X=needs_x, NEED_OFFSET=needs_offset, num_warps=WARPS,
     )  # fmt: skip
-    return (grad_x.permute(0, 3, 1, 2) if needs_x else None), grad_offset
+    return (grad_x.permute(0, 3, 1, 2) if needs_x else None), (
+        grad_offset if needs_offset else None
+    )

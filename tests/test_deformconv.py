@@ -203,6 +203,34 @@ def test_fused_kernel_handles_far_and_edge_positions():
         torch.testing.assert_close(fused(x), expected, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+def test_fused_kernel_matches_gather_in_every_offset_layout(layout):
+    """The kernel reads offsets through their strides (the offset conv's channels_last output
+    is used in place) and writes grad offset in the same layout. 19 channels: the backward's
+    8-lane blocks and the leftover channels both run; a NaN offset reads zeros, like gather."""
+    torch.manual_seed(0)
+    B, C, H, W = 2, 19, 6, 7
+    x = torch.randn(B, C, H, W, dtype=torch.float64)
+    offset = 3 * torch.randn(B, 18, H, W + 2, dtype=torch.float64)
+    offset[0, 4, 2, 3] = math.nan
+    offset = offset[..., 1:-1] if layout == "sliced" else offset[..., :W].contiguous()
+    if layout == "channels_last":
+        offset = offset.contiguous(memory_format=torch.channels_last)
+    kernel = kernels.cpu_kernel()
+    x_nhwc = x.permute(0, 2, 3, 1).contiguous()
+    cols = kernel.deform_im2col(x_nhwc, offset, 3, torch.float64).view(-1, C)
+    clean = offset.nan_to_num(1e9)  # gather's own rule for NaN: far outside, zeros
+    expected, saved = deformconv.GatherSampler.columns(x, clean, 3, torch.float64)
+    torch.testing.assert_close(cols, expected, atol=1e-12, rtol=0)
+    grad_cols = torch.randn(cols.shape, dtype=torch.float64)
+    grad_x, grad_offset = kernel.deform_col2im(x_nhwc, offset, grad_cols, 3)
+    gx, goff = deformconv.GatherSampler.backward(saved, grad_cols, (B, C, H, W, 3), True, True)
+    torch.testing.assert_close(grad_x.permute(0, 3, 1, 2), gx, atol=1e-12, rtol=0)
+    torch.testing.assert_close(grad_offset, goff, atol=1e-12, rtol=0)
+    if layout != "sliced":  # a dense offset's gradient comes back in its layout
+        assert grad_offset.stride() == offset.stride()
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_fused_half_columns_are_float32_columns_rounded_once(dtype):
     """Under autocast the kernel writes the matmul's dtype itself: the same float32 blend,

@@ -292,7 +292,7 @@ class FusedSampler:
         kernel = cpu_kernel()
         exact = position_dtype(x)
         x_nhwc = x.to(exact).permute(0, 2, 3, 1).contiguous()  # free for a channels_last x
-        offset = offset.to(exact).contiguous()
+        offset = offset.to(exact)  # read through its strides (channels_last from the offset conv)
         # Blended in float32, stored in the matmul's dtype (no separate conversion pass).
         cols = kernel.deform_im2col(x_nhwc, offset, K, dtype)  # (B, H, W, K*K, C)
         return cols.view(-1, x.shape[1]), (x_nhwc, offset)

@@ -58,7 +58,7 @@ def _build() -> tuple[ModuleType | None, str]:
         module = load(
             name=f"dogbreeds_deform_cpu_{cpu_fingerprint()}_{source_fingerprint()}",
             sources=[str(SOURCE)],
-            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_cflags=["-O3", "-march=native", "-fno-trapping-math", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
         )
         return module, ""

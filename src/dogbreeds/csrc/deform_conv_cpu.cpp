@@ -42,7 +42,8 @@ constexpr bool is_bf16 = std::is_same_v<col_t, c10::BFloat16>;
 
 // The dot products in the backward keep LANES running sums each (vector registers) and add
 // them up once per tap, as a tree. `omp simd reduction` added the lanes up one at a time
-// through the stack, which cost more than the channel loop itself at 32 channels.
+// through the stack, which cost more than the channel loop itself at 32 channels (with both
+// changes, the first layer's backward at 64 px, batch 32, 2 threads: 6.6 -> 4.2 ms).
 constexpr int LANES = 8;
 
 template <typename scalar_t>
@@ -60,12 +61,6 @@ inline scalar_t column_value(const col_t* g, int64_t i) {
   }
 }
 
-// Where the taps of one row of output pixels (image b, row h, every column w) read: for tap k
-// and column w (entry k * W + w), the flat pixel index of each of the 4 neighbours (-1 outside
-// the image), the bilinear weights and, for the backward, their derivatives w.r.t. the row and
-// column position. One loop over w per tap computes them, and that loop vectorises; the
-// per-tap scalar work it replaces (floors, integer divisions, branches) cost more than the
-// channel loops themselves at 32 channels.
 // An offset map (or its gradient) read through its strides, so a channels_last map from the
 // offset conv is used in place: no copy in, and a gradient in the same layout out.
 template <typename T>
@@ -77,6 +72,13 @@ struct Strided {
   T* image(int64_t i) const { return data + i * b; }
 };
 
+// Where the taps of one row of output pixels (image b, row h, every column w) read: for tap k
+// and column w (entry k * W + w), the flat pixel index of each of the 4 neighbours (-1 outside
+// the image), the bilinear weights and, for the backward, their derivatives w.r.t. the row and
+// column position. One loop over w per tap computes them, and that loop vectorises; the
+// per-tap scalar work it replaces (floors, integer divisions, branches) cost more than the
+// channel loops themselves at 32 channels.
+// (With it, the first layer's im2col at 64 px, batch 32, 2 threads: 4.2 -> 2.2 ms.)
 template <typename scalar_t>
 struct RowTaps {
   int64_t H, W, K;
@@ -306,6 +308,7 @@ void check(const torch::Tensor& x, const torch::Tensor& offset, int64_t K) {
   TORCH_CHECK(offset.size(0) == x.size(0) && offset.size(1) == 2 * K * K &&
                   offset.size(2) == x.size(1) && offset.size(3) == x.size(2),
               "offset must be (B, 2*K*K, H, W)");
+  TORCH_CHECK(x.size(1) * x.size(2) < (int64_t{1} << 31), "H * W must fit in 32 bits (RowTaps)");
 }
 
 }  // namespace

@@ -65,6 +65,31 @@ def test_backends_agree_forward_and_backward(backend):
         torch.testing.assert_close(p_ref.grad, p_other.grad, atol=1e-6, rtol=0, msg=name)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["float64", "bf16"])
+def test_weight_gradient_split_across_threads_equals_one_matmul(dtype, monkeypatch):
+    """The CPU weight gradient split into one bmm batch per thread sums to g.t() @ cols."""
+    monkeypatch.setattr(deformconv, "SPLIT_MIN_ROWS", 64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        g, cols = torch.randn(96, 5, dtype=dtype), torch.randn(96, 27, dtype=dtype)
+        split = deformconv.weight_gradient(g, cols)
+        whole = deformconv.weight_gradient(g[:95], cols[:95])  # 95 rows: not split
+        torch.set_num_threads(1)
+        one_thread = deformconv.weight_gradient(g, cols)  # one thread: not split
+    finally:
+        torch.set_num_threads(threads)
+    exact = g.double().t() @ cols.double()
+    assert split.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert whole.dtype == one_thread.dtype == dtype
+    tol = 1e-12 if dtype == torch.float64 else 0.05  # bf16: partials rounded to 8 bits
+    torch.testing.assert_close(split.double(), exact, atol=tol, rtol=tol)
+    torch.testing.assert_close(one_thread.double(), exact, atol=tol, rtol=tol)
+    torch.testing.assert_close(whole.double(), g[:95].double().t() @ cols[:95].double(),
+                               atol=tol, rtol=tol)  # fmt: skip
+
+
 def test_gradcheck_reference_backend():
     layer = random_deformconv("reference", cin=2, cout=2)
     x = torch.randn(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)

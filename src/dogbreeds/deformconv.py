@@ -54,9 +54,9 @@ CUDA_ONLY = ("triton",)  # backends with GPU kernels only (CPU only under Triton
 
 # The backend `auto` uses per device type, from training-step benchmarks of the deformable net
 # (forward, loss, backward, clipping, Adam step; python -m dogbreeds.bench; README "Speed"):
-# - CPU, 64x64, batch 32, 2 threads of a Xeon with AMX, float32: fused 385 img/s, gather 234,
-#   reference 187, torchvision 19 (cnn 714); under bf16 autocast fused 576, gather 281,
-#   reference 232.
+# - CPU, 64x64, batch 32, 2 threads of a Xeon with AMX, float32: fused 346 img/s, gather 218,
+#   reference 163 (cnn 630), torchvision 19 (an older run, cnn 714); under bf16 autocast fused
+#   532, gather 241, reference 198 (cnn 1,072).
 # - CUDA (H200, 224x224, torch 2.11, bf16 autocast): triton 8,271 img/s at batch 128,
 #   reference 2,613, torchvision 2,112 (cnn 17,226-17,262, two runs); at batch 32 triton
 #   3,387, reference 2,373, torchvision 1,996 (launch-bound and noisy: cnn 6,460-7,794).
@@ -327,6 +327,28 @@ class TritonSampler:
 SAMPLERS = {"gather": GatherSampler, "fused": FusedSampler, "triton": TritonSampler}
 
 
+# Rows (B*H*W) from which the weight gradient is split across CPU threads (`weight_gradient`).
+SPLIT_MIN_ROWS = 8192
+
+
+def weight_gradient(g_rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """The conv weight's gradient g_rows.t() @ cols: (Cout, K*K*C) from (N, Cout) and (N, K*K*C).
+
+    On the CPU, oneDNN runs this long reduction into a small matrix on one thread (first
+    DeformConv layer at 64 px, batch 32, bf16: 2.3 ms on 1 thread, 2.4 ms on 2). So where N is
+    large the rows are split into one batch per thread, each thread multiplies its own (bmm
+    parallelises over the batch), and the partial products are summed in float32: 1.5 ms on
+    2 threads. Returned in cols' dtype, or float32 when split from half-precision columns.
+    """
+    rows = g_rows.shape[0]
+    parts = torch.get_num_threads() if g_rows.device.type == "cpu" else 1
+    if parts < 2 or rows < SPLIT_MIN_ROWS or rows % parts:
+        return g_rows.t() @ cols
+    g = g_rows.view(parts, rows // parts, -1).transpose(1, 2)  # (parts, Cout, N/parts)
+    partial = torch.bmm(g, cols.view(parts, rows // parts, -1))  # (parts, Cout, K*K*C)
+    return partial.sum(0, dtype=torch.promote_types(cols.dtype, torch.float32))
+
+
 class ColumnDeformConv(torch.autograd.Function):
     """Deformable conv as bilinear im2col columns + one matmul, with a hand-written backward.
 
@@ -363,7 +385,7 @@ class ColumnDeformConv(torch.autograd.Function):
         g_rows = grad_out.permute(0, 2, 3, 1).reshape(B * H * W, Cout).to(cols.dtype)
         grad_x = grad_offset = grad_weight = grad_bias = None
         if ctx.needs_input_grad[2]:
-            grad_w_mat = g_rows.t() @ cols  # (Cout, K*K*C)
+            grad_w_mat = weight_gradient(g_rows, cols)  # (Cout, K*K*C)
             grad_weight = grad_w_mat.view(Cout, K, K, C).permute(0, 3, 1, 2).to(weight_dtype)
         if ctx.needs_input_grad[3]:
             grad_bias = g_rows.sum(0, dtype=exact).to(bias_dtype)

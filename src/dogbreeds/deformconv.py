@@ -339,6 +339,8 @@ def weight_gradient(g_rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     large the rows are split into one batch per thread, each thread multiplies its own (bmm
     parallelises over the batch), and the partial products are summed in float32: 1.5 ms on
     2 threads. Returned in cols' dtype, or float32 when split from half-precision columns.
+    The split follows torch's thread count, so the gradient's rounding (and a training's
+    numbers) depend on it; the thread count is recorded with every run's metrics.
     """
     rows = g_rows.shape[0]
     parts = torch.get_num_threads() if g_rows.device.type == "cpu" else 1

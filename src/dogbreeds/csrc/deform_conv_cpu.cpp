@@ -259,33 +259,25 @@ void col2im_kernel(const scalar_t* x, Strided<const scalar_t> offset, const col_
             scalar_t *d0 = d[0], *d1 = d[1], *d2 = d[2], *d3 = d[3];
             // Per neighbour, LANES running sums of its dot product with the gradient.
             scalar_t acc0[LANES] = {}, acc1[LANES] = {}, acc2[LANES] = {}, acc3[LANES] = {};
-            int64_t ch = 0;
-            for (; ch + LANES <= C; ch += LANES) {
-              // The 4 neighbours are distinct rows (or the scratch row): lanes are independent.
-#pragma omp simd
-              for (int l = 0; l < LANES; ++l) {
-                const scalar_t gc = column_value<scalar_t>(g, ch + l);
-                acc0[l] += s0[ch + l] * gc;
-                acc1[l] += s1[ch + l] * gc;
-                acc2[l] += s2[ch + l] * gc;
-                acc3[l] += s3[ch + l] * gc;
-                d0[ch + l] += w0 * gc;
-                d1[ch + l] += w1 * gc;
-                d2[ch + l] += w2 * gc;
-                d3[ch + l] += w3 * gc;
-              }
-            }
-            for (; ch < C; ++ch) {  // the last C % LANES channels
+            // Channel ch: its gradient to the 4 neighbours, its products into running sum `lane`.
+            const auto channel = [&](int64_t ch, int lane) {
               const scalar_t gc = column_value<scalar_t>(g, ch);
-              acc0[0] += s0[ch] * gc;
-              acc1[0] += s1[ch] * gc;
-              acc2[0] += s2[ch] * gc;
-              acc3[0] += s3[ch] * gc;
+              acc0[lane] += s0[ch] * gc;
+              acc1[lane] += s1[ch] * gc;
+              acc2[lane] += s2[ch] * gc;
+              acc3[lane] += s3[ch] * gc;
               d0[ch] += w0 * gc;
               d1[ch] += w1 * gc;
               d2[ch] += w2 * gc;
               d3[ch] += w3 * gc;
+            };
+            int64_t ch = 0;
+            for (; ch + LANES <= C; ch += LANES) {
+              // The 4 neighbours are distinct rows (or the scratch row): lanes are independent.
+#pragma omp simd
+              for (int l = 0; l < LANES; ++l) channel(ch + l, l);
             }
+            for (; ch < C; ++ch) channel(ch, 0);  // the last C % LANES channels
             const scalar_t dot0 = lane_sum(acc0), dot1 = lane_sum(acc1);
             const scalar_t dot2 = lane_sum(acc2), dot3 = lane_sum(acc3);
             const scalar_t gy = dot0 * taps.dweight_dy[0][t] + dot1 * taps.dweight_dy[1][t] +

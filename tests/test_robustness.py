@@ -67,3 +67,18 @@ def test_sets_are_written_as_prepared_split_files(prepared, tmp_path):
     half = load_split(out / "affine-0.5.pt")
     assert half.ids == clean.ids and torch.equal(half.labels, clean.labels)
     assert torch.equal(load_split(out / "all-0.pt").images, clean.images)
+
+
+def test_sets_do_not_depend_on_the_number_of_workers(prepared, tmp_path):
+    """Each set is built in a pool job, each image seeded by its id: 1 or 2 workers, same files."""
+    kinds, strengths = ["elastic", "all"], [0.5, 1.0]
+    for workers in (1, 2):
+        out = tmp_path / f"workers{workers}"
+        robustness.make_robustness_sets(DEFORM, kinds, strengths, prepared, out, workers=workers)
+    for kind in kinds:
+        for strength in strengths:
+            name = robustness_file(kind, strength)
+            one, two = load_split(tmp_path / "workers1" / name), load_split(tmp_path / "workers2" / name)
+            assert torch.equal(one.images, two.images) and one.ids == two.ids, name
+    expected = robustness.deform_split(load_split(prepared / "test_clean.pt"), DEFORM, 1.0, "all")
+    assert torch.equal(load_split(tmp_path / "workers2" / "all-1.pt").images, expected.images)

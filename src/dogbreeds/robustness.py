@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from dogbreeds import DogbreedsError
-from dogbreeds.deform import build_deformation, deform_image, image_seed
+from dogbreeds.deform import build_deformation, deform_image, image_seed, one_thread
 from dogbreeds.fsutil import atomic_path
+from dogbreeds.images import parallel_map
 from dogbreeds.params import ROBUSTNESS_KINDS, DeformParams
 from dogbreeds.prepared import Split, load_split, robustness_file, save_split
 
@@ -75,19 +77,32 @@ def deform_split(clean: Split, params: DeformParams, strength: float, kind: str)
     return Split(images.contiguous(), clean.labels, clean.ids, clean.breeds)
 
 
+def _deformed_images(clean: Split, params: DeformParams, job: tuple[str, float]) -> torch.Tensor:
+    """One (kind, strength) set's images: a pool job (a Split's lists would travel back too)."""
+    kind, strength = job
+    return deform_split(clean, params, strength, kind).images
+
+
 def make_robustness_sets(
     params: DeformParams,
     kinds: list[str],
     strengths: list[float],
     prepared: Path = Path("data/prepared"),
     out: Path = Path("data/robustness"),
+    workers: int | None = None,
 ) -> None:
-    """Write `out/<kind>-<strength>.pt` (prepared-split files) from `prepared/test_clean.pt`."""
+    """Write `out/<kind>-<strength>.pt` (prepared-split files) from `prepared/test_clean.pt`.
+
+    The sets are built in parallel, one per pool job on all cores (`workers`); every image is
+    seeded by its own id, so the files do not depend on the number of workers.
+    """
     clean = load_split(prepared / "test_clean.pt")
+    jobs = [(kind, strength) for kind in kinds for strength in strengths]
+    work = partial(_deformed_images, clean, params)
+    sets = parallel_map(work, jobs, "robustness sets", workers, initializer=one_thread)
     with atomic_path(out) as folder:
         folder.mkdir()
-        for kind in kinds:
-            for strength in strengths:
-                log.info("robustness set %s at strength %g", kind, strength)
-                split = deform_split(clean, params, strength, kind)
-                save_split(folder / robustness_file(kind, strength), split)
+        for (kind, strength), images in zip(jobs, sets, strict=True):
+            log.info("robustness set %s at strength %g", kind, strength)
+            split = Split(images, clean.labels, clean.ids, clean.breeds)
+            save_split(folder / robustness_file(kind, strength), split)

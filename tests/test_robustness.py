@@ -78,7 +78,8 @@ def test_sets_do_not_depend_on_the_number_of_workers(prepared, tmp_path):
     for kind in kinds:
         for strength in strengths:
             name = robustness_file(kind, strength)
-            one, two = load_split(tmp_path / "workers1" / name), load_split(tmp_path / "workers2" / name)
+            one = load_split(tmp_path / "workers1" / name)
+            two = load_split(tmp_path / "workers2" / name)
             assert torch.equal(one.images, two.images) and one.ids == two.ids, name
     expected = robustness.deform_split(load_split(prepared / "test_clean.pt"), DEFORM, 1.0, "all")
     assert torch.equal(load_split(tmp_path / "workers2" / "all-1.pt").images, expected.images)

@@ -77,6 +77,37 @@ def test_offset_convs_get_their_own_group_and_the_rest_one():
     assert len(plain.param_groups) == 1
 
 
+def test_adam_is_fused_on_cpu_and_steps_like_the_loop_version():
+    """The fused CPU kernel is a speed choice only: under a one-cycle schedule (lr and beta1
+    moving every step) it follows torch's per-tensor Adam to float32 rounding."""
+    torch.manual_seed(0)
+    fused_net = build_model("deformable", width_mult=0.25)
+    loop_net = build_model("deformable", width_mult=0.25)
+    loop_net.load_state_dict(fused_net.state_dict())
+    start = [p.detach().clone() for p in fused_net.parameters()]
+    fused, peaks = engine.make_optimizer(fused_net, 0.01, 1e-4, offset_lr_mult=0.1)
+    assert fused.defaults["fused"] and len(fused.param_groups) == 2
+    offsets = {id(p) for p in offset_parameters(loop_net)}
+    groups = [
+        {"params": [p for p in loop_net.parameters() if id(p) not in offsets], "lr": 0.01},
+        {"params": offset_parameters(loop_net), "lr": 0.001},
+    ]
+    loop = torch.optim.Adam(groups, weight_decay=1e-4, foreach=False, fused=False)
+    shape = OneCycleParams(pct_start=0.3, div_factor=25.0, final_div_factor=1e4)
+    for net, opt in ((fused_net, fused), (loop_net, loop)):
+        schedule = engine.one_cycle(opt, peaks, 1, 6, shape)
+        for step in range(6):
+            generator = torch.Generator().manual_seed(step)
+            for p in net.parameters():
+                p.grad = torch.randn(p.shape, generator=generator)
+            opt.step()
+            schedule.step()
+    assert fused.param_groups[1]["betas"] == loop.param_groups[1]["betas"] != (0.95, 0.999)
+    for a, b, before in zip(fused_net.parameters(), loop_net.parameters(), start, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(a, before, rtol=0, atol=1e-5)  # the steps did move it
+
+
 def test_each_stage_is_one_cycle_at_its_max_lr(prepared):
     train, val, normalize = load_splits(prepared)
     params = tiny_params()

@@ -169,7 +169,11 @@ def make_optimizer(
     if offsets:
         groups.append({"params": offsets, "lr": lr * offset_lr_mult})
     peaks = [group["lr"] for group in groups]
-    fused = next(model.parameters()).device.type == "cuda"  # one kernel for all params on CUDA
+    # One fused kernel for all params. On CPU torch's default is a Python loop over the tensors:
+    # 2.4 ms a step for the cnn's (0.6 ms fused). In training steps at 64 px, batch 32, 2
+    # threads, alternating fused and unfused blocks, fused saved 1.2-2.6 ms a step: 5-8% for
+    # the cnn and dsc, 4% for the deformable net (two runs).
+    fused = next(model.parameters()).device.type in ("cpu", "cuda")
     return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay, fused=fused), peaks
 
 

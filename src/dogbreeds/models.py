@@ -36,9 +36,18 @@ def scale_channels(channels: int, width_mult: float) -> int:
 # ----------------------------------------------------------------------------- layer blocks
 
 
+# Every ReLU is in place, on BatchNorm's output (which nothing else reads): the same values
+# and gradients, one activation-sized buffer less to write. In training steps at 64 px, batch
+# 32, 2 threads, alternating in-place and not: about 3% faster for the cnn and dsc (two runs).
+
+
 def conv_bn_relu(cin: int, cout: int, stride: int) -> list[nn.Module]:
     """A plain 3x3 conv (padding 1 keeps the side; stride 2 halves it), BatchNorm, ReLU."""
-    return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+    return [
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class DepthWiseConv(nn.Module):
@@ -48,7 +57,7 @@ class DepthWiseConv(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, stride=stride, padding=1, groups=channels)
         self.bn = nn.BatchNorm2d(channels)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.bn(self.conv(x)))
@@ -61,7 +70,7 @@ class PointWiseConv(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, 1)
         self.bn = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.bn(self.conv(x)))
@@ -83,7 +92,7 @@ def deform_bn_relu(cin: int, cout: int, stride: int, backend: str) -> list[nn.Mo
     """A 3x3 DeformConv (stride 1 only, as in the report), BatchNorm, ReLU."""
     if stride != 1:
         raise ValueError("DeformConv layers sit at the stride-1 positions of the skeleton")
-    return [DeformConv(cin, cout, 3, backend=backend), nn.BatchNorm2d(cout), nn.ReLU()]
+    return [DeformConv(cin, cout, 3, backend=backend), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
 # ----------------------------------------------------------------------------- the nets

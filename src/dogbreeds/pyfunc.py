@@ -43,8 +43,12 @@ class BreedClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.classifier = Classifier.from_checkpoint(Path(context.artifacts[CHECKPOINT_ARTIFACT]))
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        """One row of breed probabilities per row of `model_input[IMAGE_COLUMN]`."""
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        """One row of breed probabilities per row of `model_input[IMAGE_COLUMN]`.
+
+        The DataFrame hint tells MLflow to take the input schema from the logged signature
+        (it infers none from this type) instead of warning at every logging that hints are
+        missing."""
         if IMAGE_COLUMN not in model_input:
             raise ValueError(f"the input needs a column '{IMAGE_COLUMN}' of encoded image bytes")
         images = [bytes(data) for data in model_input[IMAGE_COLUMN]]

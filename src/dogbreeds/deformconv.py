@@ -54,9 +54,9 @@ CUDA_ONLY = ("triton",)  # backends with GPU kernels only (CPU only under Triton
 
 # The backend `auto` uses per device type, from training-step benchmarks of the deformable net
 # (forward, loss, backward, clipping, Adam step; python -m dogbreeds.bench; README "Speed"):
-# - CPU, 64x64, batch 32, 2 threads of a Xeon with AMX, float32: fused 346 img/s, gather 218,
-#   reference 163 (cnn 630), torchvision 19 (an older run, cnn 714); under bf16 autocast fused
-#   532, gather 241, reference 198 (cnn 1,072).
+# - CPU, 64x64, batch 32, 2 threads of a Xeon with AMX, float32: fused 393 img/s, gather 240,
+#   reference 184 (cnn 662), torchvision 19 (an older run, cnn 714); under bf16 autocast fused
+#   639, gather 276, reference 224 (cnn 1,277).
 # - CUDA (H200, 224x224, torch 2.11, bf16 autocast): triton 8,271 img/s at batch 128,
 #   reference 2,613, torchvision 2,112 (cnn 17,226-17,262, two runs); at batch 32 triton
 #   3,387, reference 2,373, torchvision 1,996 (launch-bound and noisy: cnn 6,460-7,794).

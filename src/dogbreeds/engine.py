@@ -205,8 +205,9 @@ AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # On a CPU with native bf16 (AMX or AVX512-BF16), the nets for which bf16 autocast trains
 # faster than float32. Measured with python -m dogbreeds.bench on 2 threads of a Xeon with AMX,
-# 64x64, batch 32 (README "Speed", float32 -> bf16): cnn 626 -> 1,063 img/s, deformable (fused)
-# 346 -> 580, dsc 841 -> 643 (slower: its depthwise convs). Elsewhere `auto` is float32.
+# 64x64, batch 32 (README "Speed", float32 -> bf16, commit e93c3b4): cnn 662 -> 1,277 img/s,
+# deformable (fused) 393 -> 639, dsc 928 -> 723 (slower: its depthwise convs). Elsewhere
+# `auto` is float32.
 CPU_AUTO_AMP = {"cnn": "bf16", "dsc": "off", "deformable": "bf16"}
 
 

@@ -101,12 +101,16 @@ def test_a_checkpoint_without_metadata_is_named(tmp_path):
 # ----------------------------------------------------------------------------- MLflow model
 
 
-def test_pyfunc_model_takes_image_bytes_and_returns_one_column_per_breed(tmp_path, checkpoint):
+def test_pyfunc_model_takes_image_bytes_and_returns_one_column_per_breed(
+    tmp_path, checkpoint, capfd
+):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run = logged_run(tmp_path, checkpoint, val_acc=0.5)
     # predict's DataFrame hint: MLflow keeps the logged signature and does not ask for hints
     assert not [w for w in caught if "type hints to the `predict`" in str(w.message)]
+    # logged from code (mlflow_model.py), not as a pickled object: no CloudPickle warning
+    assert "CloudPickle" not in capfd.readouterr().err
     model = tracking.load_pyfunc(f"runs:/{run.run_id}/model", tmp_path)
 
     inputs = model.metadata.get_input_schema().to_dict()

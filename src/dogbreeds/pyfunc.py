@@ -1,7 +1,8 @@
 """A trained net as an MLflow pyfunc model: a DataFrame of image bytes in, breed probabilities out.
 
 MLflow serves, registers and loads "pyfunc" models without knowing about torch: the model is
-this class plus the checkpoint as an artifact plus the `dogbreeds` package as code, so
+this class (built by `mlflow_model.py`, logged as code) plus the checkpoint as an artifact plus
+the `dogbreeds` package as code, so
 `mlflow.pyfunc.load_model(...)` and `mlflow models serve` work in any environment that has
 the pinned requirements, without the repository.
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 IMAGE_COLUMN = "image"
 CHECKPOINT_ARTIFACT = "checkpoint"
 PACKAGE_DIR = Path(__file__).resolve().parent  # shipped with the model as code
+MODEL_CODE = PACKAGE_DIR / "mlflow_model.py"  # the model's definition, logged as code
 # What the model needs at load time; pinned to the versions it was logged with.
 REQUIREMENTS = ("torch", "torchvision", "pillow", "numpy", "pandas", "mlflow")
 
@@ -91,7 +93,7 @@ def model_kwargs(checkpoint: Path) -> dict:
     """Everything `mlflow.pyfunc.log_model` needs besides the name, for one checkpoint."""
     classifier = Classifier.from_checkpoint(checkpoint)
     return {
-        "python_model": BreedClassifier(),
+        "python_model": str(MODEL_CODE),  # models from code: no pickled object
         "artifacts": {CHECKPOINT_ARTIFACT: str(checkpoint)},
         "code_paths": [str(PACKAGE_DIR)],
         "signature": signature(classifier.breeds),

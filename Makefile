@@ -26,13 +26,13 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check src stages tests && $(BIN)/ruff format --check src stages tests
 
 summary: $(VENV)/.installed  ## params and MACs of the three nets
-	$(BIN)/python -m dogbreeds.summary --width-mult 1.0 --resolution 224
+	$(BIN)/python -m dogbreeds summary --width-mult 1.0 --resolution 224
 
 clean-venv:
 	rm -rf $(VENV)
 
 bench: $(VENV)/.installed  ## training-step throughput per net, backend, batch and precision
-	$(BIN)/python -m dogbreeds.bench --out bench
+	$(BIN)/python -m dogbreeds bench --out bench
 
 # MobileNet's width x resolution grid (README "Width and resolution multipliers"): `make grid`
 # queues one DVC experiment per (alpha, side), `dvc queue start -j 1` runs them, `make compare`
@@ -40,10 +40,10 @@ bench: $(VENV)/.installed  ## training-step throughput per net, backend, batch a
 # make grid GRID_ARGS="--resolutions 64 56 48 40 -S 'train.seeds=[0]'".
 .PHONY: grid compare
 grid: $(VENV)/.installed  ## queue the alpha x resolution grid as DVC experiments
-	PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH=src $(BIN)/python -m dogbreeds.grid $(GRID_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH=src $(BIN)/python -m dogbreeds grid $(GRID_ARGS)
 
 compare: $(VENV)/.installed  ## accuracy vs MACs / params of the experiments: figures and table
-	PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH=src $(BIN)/python -m dogbreeds.compare $(COMPARE_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH=src $(BIN)/python -m dogbreeds compare $(COMPARE_ARGS)
 
 # ----------------------------------------------------------------------------- a team
 # README "From one laptop to a team": PostgreSQL + an MLflow tracking server on 127.0.0.1.

@@ -6,8 +6,8 @@ Run from the repository root: PYTHONPATH=src python stages/deform.py
 
 from __future__ import annotations
 
-from dogbreeds.cli import run_stage
-from dogbreeds.deform import prepare_data
+from dogbreeds.common.cli import run_stage
+from dogbreeds.data.deformations import prepare_data
 from dogbreeds.params import load_params
 
 

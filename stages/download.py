@@ -5,9 +5,9 @@ Run from the repository root: PYTHONPATH=src python stages/download.py
 
 from __future__ import annotations
 
-from dogbreeds.cli import run_stage
+from dogbreeds.common.cli import run_stage
+from dogbreeds.data.sources import download_sources
 from dogbreeds.params import load_params
-from dogbreeds.sources import download_sources
 
 
 def main() -> None:

@@ -1,10 +1,10 @@
-"""DVC stage evaluate@<arch>-<schedule>-<seed>: score one trained net (see dogbreeds.evaluate)."""
+"""DVC stage evaluate@<arch>-<schedule>-<seed>: score one trained net (see dogbreeds.pipeline.evaluate)."""
 
 import argparse
 
-from dogbreeds.cli import run_stage
-from dogbreeds.evaluate import run_evaluation
+from dogbreeds.common.cli import run_stage
 from dogbreeds.params import load_params
+from dogbreeds.pipeline.evaluate import run_evaluation
 
 
 def main() -> None:

@@ -5,8 +5,8 @@ Run from the repository root: PYTHONPATH=src python stages/merge.py
 
 from __future__ import annotations
 
-from dogbreeds.cli import run_stage
-from dogbreeds.merge import merge_sources
+from dogbreeds.common.cli import run_stage
+from dogbreeds.data.merge import merge_sources
 from dogbreeds.params import load_params
 
 

@@ -1,9 +1,9 @@
-"""DVC stage offsets: learned DeformConv offsets of every deformable net (see dogbreeds.offsets)."""
+"""DVC stage offsets: learned DeformConv offsets of every deformable net (see dogbreeds.analysis.offsets)."""
 
 import argparse
 
-from dogbreeds.cli import run_stage
-from dogbreeds.offsets import run_offsets
+from dogbreeds.analysis.offsets import run_offsets
+from dogbreeds.common.cli import run_stage
 from dogbreeds.params import load_params
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dogbreeds.cli import run_stage
-from dogbreeds.fsutil import atomic_path
+from dogbreeds.analysis.plots import save_preview
+from dogbreeds.common.cli import run_stage
+from dogbreeds.common.fs import atomic_path
+from dogbreeds.data.prepared import load_prepared
 from dogbreeds.params import load_params
-from dogbreeds.plots import save_preview
-from dogbreeds.prepared import load_prepared
 
 
 def main() -> None:

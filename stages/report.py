@@ -1,10 +1,10 @@
-"""DVC stage report: the paper's tables with our numbers beside them (see dogbreeds.report)."""
+"""DVC stage report: the paper's tables with our numbers beside them (see dogbreeds.analysis.report)."""
 
 import argparse
 
-from dogbreeds.cli import run_stage
+from dogbreeds.analysis.report import run_report
+from dogbreeds.common.cli import run_stage
 from dogbreeds.params import load_params
-from dogbreeds.report import run_report
 
 
 def main() -> None:

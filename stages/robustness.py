@@ -1,11 +1,11 @@
 """DVC stage robustness: the clean test set deformed per kind and strength (see
-dogbreeds.robustness)."""
+dogbreeds.data.robustness)."""
 
 import argparse
 
-from dogbreeds.cli import run_stage
+from dogbreeds.common.cli import run_stage
+from dogbreeds.data.robustness import make_robustness_sets
 from dogbreeds.params import load_params
-from dogbreeds.robustness import make_robustness_sets
 
 
 def main() -> None:

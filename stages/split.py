@@ -5,9 +5,9 @@ Run from the repository root: PYTHONPATH=src python stages/split.py
 
 from __future__ import annotations
 
-from dogbreeds.cli import run_stage
+from dogbreeds.common.cli import run_stage
+from dogbreeds.data.split import split_manifest
 from dogbreeds.params import load_params
-from dogbreeds.split import split_manifest
 
 
 def main() -> None:

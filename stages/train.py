@@ -1,10 +1,10 @@
-"""DVC stage train@<arch>-<schedule>-<seed>: train one net from one seed (see dogbreeds.train)."""
+"""DVC stage train@<arch>-<schedule>-<seed>: train one net from one seed (see dogbreeds.pipeline.train)."""
 
 import argparse
 
-from dogbreeds.cli import run_stage
+from dogbreeds.common.cli import run_stage
 from dogbreeds.params import load_params
-from dogbreeds.train import run_training
+from dogbreeds.pipeline.train import run_training
 
 
 def main() -> None:

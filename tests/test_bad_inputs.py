@@ -75,9 +75,9 @@ import yaml
 from datagen import STANFORD_CHIHUAHUA, encode, jpeg, photo, rotated_jpeg, set_keys, stanford_files
 from PIL import Image
 
-from dogbreeds.images import UnreadableImage, decode_rgb
+from dogbreeds.data.images import UnreadableImage, decode_rgb
+from dogbreeds.data.sources import fetch_source
 from dogbreeds.params import ParamsError, parse_params, select_run
-from dogbreeds.sources import fetch_source
 
 ROOT = Path(__file__).resolve().parents[1]
 TREE = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from dogbreeds import bench
+from dogbreeds.commands import bench
 
 
 def test_bench_times_each_net_and_backend_and_writes_json_and_markdown(tmp_path, capsys):

@@ -1,5 +1,5 @@
-"""The width x resolution grid: queued with `python -m dogbreeds.grid`, run by `dvc queue`,
-compared by `python -m dogbreeds.compare` (figures and a MobileNet-style table).
+"""The width x resolution grid: queued with `python -m dogbreeds grid`, run by `dvc queue`,
+compared by `python -m dogbreeds compare` (figures and a MobileNet-style table).
 
 The end-to-end test runs a 2x2 grid (alpha 1, 0.5 x sides 32, 24) of two nets on the tiny
 synthetic source and checks every table row against the experiment's own committed metrics
@@ -18,7 +18,7 @@ import yaml
 from conftest import queue_workers, run, wait_for_queue
 from PIL import Image
 
-from dogbreeds.compare import (
+from dogbreeds.commands.compare import (
     CompareError,
     collect,
     draw,
@@ -27,8 +27,8 @@ from dogbreeds.compare import (
     results_of,
     with_sizes,
 )
-from dogbreeds.grid import GridError, grid_points, schedule_overrides
-from dogbreeds.models import net_size
+from dogbreeds.commands.grid import GridError, grid_points, schedule_overrides
+from dogbreeds.nets.models import net_size
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "PYTHONPATH": "src"}
@@ -167,7 +167,7 @@ def pixels_of(png: Path, rgb: tuple[int, int, int]) -> int:
 @pytest.mark.slow
 def test_a_queued_2x2_grid_is_compared_in_figures_and_table(project: Path):
     # 1. One command queues the grid: 2 widths x 2 sides, one schedule, two nets.
-    grid = [sys.executable, "-m", "dogbreeds.grid", "--widths", "1", "0.5"]
+    grid = [sys.executable, "-m", "dogbreeds", "grid", "--widths", "1", "0.5"]
     grid += ["--resolutions", "32", "24", "--archs", "cnn", "dsc", "--name-prefix", "g"]
     run(grid, project, env=ONE_THREAD)
     names = {f"g-a{w}-r{r}" for w in ("1", "0.5") for r in (32, 24)}
@@ -184,7 +184,7 @@ def test_a_queued_2x2_grid_is_compared_in_figures_and_table(project: Path):
     assert params["train"]["archs"] == ["cnn", "dsc"]
 
     # 3. One command compares them: a row per (net, alpha, side) with the experiment's numbers.
-    compare = [sys.executable, "-m", "dogbreeds.compare"]
+    compare = [sys.executable, "-m", "dogbreeds", "compare"]
     shown = run(compare, project, env=ONE_THREAD)
     table = (project / "metrics/accuracy-vs-cost.md").read_text()
     assert table.strip() in shown.stdout

@@ -6,11 +6,12 @@ import pytest
 import torch
 from datagen import tiny_params
 
-from dogbreeds import engine
-from dogbreeds.deformconv import DeformConv
-from dogbreeds.models import MODELS, build_model
+from dogbreeds.data import preprocess
+from dogbreeds.data.prepared import Split
+from dogbreeds.nets.models import MODELS, build_model
+from dogbreeds.ops.deform_conv import DeformConv
 from dogbreeds.params import Schedule
-from dogbreeds.prepared import Split
+from dogbreeds.training import devices, loop
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
@@ -45,27 +46,27 @@ def test_deformconv_on_cuda_matches_the_cpu_in_float64(backend):
 def test_one_epoch_per_net_under_cuda_autocast(arch, amp):
     generator = torch.Generator().manual_seed(0)
     train, val = synthetic_split(40, 32, generator), synthetic_split(14, 32, generator)
-    normalize = engine.Normalize([0.5] * 3, [0.25] * 3, CUDA)
+    normalize = preprocess.Normalize([0.5] * 3, [0.25] * 3, CUDA)
     torch.manual_seed(0)
-    model = engine.prepare_model(build_model(arch, width_mult=0.25), CUDA)
-    history = engine.train_model(
+    model = devices.prepare_model(build_model(arch, width_mult=0.25), CUDA)
+    history = loop.train_model(
         model, train.to(CUDA), val.to(CUDA), normalize, Schedule("s", [1], [0.01]),
-        tiny_params().train, 0.1, dtype=engine.AMP_DTYPES[amp],
+        tiny_params().train, 0.1, dtype=devices.AMP_DTYPES[amp],
     )  # fmt: skip
     assert len(history) == 1 and torch.isfinite(torch.tensor(history[0].val_loss))
 
 
 def test_cnn_repeats_exactly_on_cuda():
     """cuDNN deterministic: two float32 trainings of the cnn give identical weights."""
-    engine.configure_device(CUDA)
+    devices.configure_device(CUDA)
     generator = torch.Generator().manual_seed(0)
     train, val = synthetic_split(40, 32, generator), synthetic_split(14, 32, generator)
-    normalize = engine.Normalize([0.5] * 3, [0.25] * 3, CUDA)
+    normalize = preprocess.Normalize([0.5] * 3, [0.25] * 3, CUDA)
     weights = []
     for _ in range(2):
         torch.manual_seed(0)
-        model = engine.prepare_model(build_model("cnn", width_mult=0.25), CUDA)
-        engine.train_model(
+        model = devices.prepare_model(build_model("cnn", width_mult=0.25), CUDA)
+        loop.train_model(
             model, train.to(CUDA), val.to(CUDA), normalize, Schedule("s", [2], [0.01]),
             tiny_params().train, 0.1,
         )  # fmt: skip

@@ -40,7 +40,7 @@ def test_repro_builds_the_data_then_reruns_only_what_changed(project: Path) -> N
     assert stages_run(third.stdout) == ["split", "deform", "preview"]
 
     # A change of figure style redraws the preview and reruns nothing else.
-    plots = project / "src/dogbreeds/plots.py"
+    plots = project / "src/dogbreeds/analysis/plots.py"
     plots.write_text(plots.read_text() + "\n# style\n")
     assert stages_run(run(["dvc", "repro", "preview"], project).stdout) == ["preview"]
 

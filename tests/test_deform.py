@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 from datagen import encode, params_with, photo, write_tree
 
-from dogbreeds.deform import (
+from dogbreeds.data.deformations import (
     DeformError,
     build_deformation,
     deform_image,
@@ -20,7 +19,7 @@ from dogbreeds.deform import (
     prepare_data,
     prepare_tensors,
 )
-from dogbreeds.images import load_square
+from dogbreeds.data.preprocess import load_square_pixels
 
 RESOLUTION = 32
 SPLITS = ["train", "train", "val", "val", "test", "test"]
@@ -114,8 +113,7 @@ def test_only_val_and_test_are_deformed_and_clean_copies_are_plain_resizes(tmp_p
     paths = dict(zip(table["id"], table["path"], strict=True))
 
     def resized(image_id: str) -> torch.Tensor:
-        image = np.asarray(load_square(paths[image_id], RESOLUTION))
-        return torch.from_numpy(image.copy()).permute(2, 0, 1)
+        return load_square_pixels(paths[image_id], RESOLUTION)
 
     for name in ("train", "val_clean", "test_clean"):
         for image_id, image in by_id(outputs[name]).items():

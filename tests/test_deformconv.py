@@ -9,8 +9,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dogbreeds import deformconv, kernels
-from dogbreeds.deformconv import (
+from dogbreeds.nets.models import build_model, offset_parameters
+from dogbreeds.ops import cpu_kernel as kernels
+from dogbreeds.ops import deform_conv as deformconv
+from dogbreeds.ops.deform_conv import (
     BACKENDS,
     CUDA_ONLY,
     ColumnDeformConv,
@@ -18,7 +20,6 @@ from dogbreeds.deformconv import (
     default_backend,
     triton_interpreted,
 )
-from dogbreeds.models import build_model, offset_parameters
 
 # Every backend that runs on the CPU here: reference, gather, fused, torchvision, and triton
 # under Triton's interpreter (test_triton_kernels.py runs this file's triton cases so).

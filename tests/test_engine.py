@@ -10,20 +10,21 @@ import torch.nn.functional as F
 from datagen import tiny_params
 from torch import nn
 
-from dogbreeds import engine
-from dogbreeds.models import build_model, offset_parameters
+from dogbreeds.common.progress import RunProgress
+from dogbreeds.data import preprocess
+from dogbreeds.data.prepared import Split, load_split
+from dogbreeds.nets.models import build_model, offset_parameters
 from dogbreeds.params import AugmentParams, OneCycleParams, Schedule
-from dogbreeds.prepared import Split, load_split
-from dogbreeds.progress import RunProgress
+from dogbreeds.training import batches, devices, loop, optim
 
 CPU = torch.device("cpu")
 
 
-def load_splits(prepared: Path) -> tuple[Split, Split, engine.Normalize]:
+def load_splits(prepared: Path) -> tuple[Split, Split, preprocess.Normalize]:
     train = load_split(prepared / "train.pt")
     val = load_split(prepared / "val.pt")
-    mean, std = engine.channel_stats(train.images)
-    return train, val, engine.Normalize(mean, std, torch.device("cpu"))
+    mean, std = preprocess.channel_stats(train.images)
+    return train, val, preprocess.Normalize(mean, std, torch.device("cpu"))
 
 
 # ----------------------------------------------------------------------------- the schedule
@@ -31,9 +32,9 @@ def load_splits(prepared: Path) -> tuple[Split, Split, engine.Normalize]:
 
 def test_one_cycle_warms_up_to_max_lr_then_anneals():
     model = build_model("deformable", width_mult=0.25)
-    optimizer, peaks = engine.make_optimizer(model, 0.01, 1e-4, offset_lr_mult=0.1)
+    optimizer, peaks = optim.make_optimizer(model, 0.01, 1e-4, offset_lr_mult=0.1)
     shape = OneCycleParams(pct_start=0.3, div_factor=25.0, final_div_factor=1e4)
-    scheduler = engine.one_cycle(optimizer, peaks, epochs=2, steps=10, shape=shape)
+    scheduler = optim.one_cycle(optimizer, peaks, epochs=2, steps=10, shape=shape)
     base, offset = [], []
     for _ in range(20):
         base.append(optimizer.param_groups[0]["lr"])
@@ -54,9 +55,9 @@ def test_one_cycle_warms_up_to_max_lr_then_anneals():
 
 def test_one_cycle_shape_comes_from_params():
     model = build_model("cnn", width_mult=0.25)
-    optimizer, peaks = engine.make_optimizer(model, 0.01, 1e-4, offset_lr_mult=0.1)
+    optimizer, peaks = optim.make_optimizer(model, 0.01, 1e-4, offset_lr_mult=0.1)
     shape = OneCycleParams(pct_start=0.5, div_factor=10.0, final_div_factor=100.0)
-    scheduler = engine.one_cycle(optimizer, peaks, epochs=2, steps=10, shape=shape)
+    scheduler = optim.one_cycle(optimizer, peaks, epochs=2, steps=10, shape=shape)
     lrs = []
     for _ in range(20):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -69,11 +70,11 @@ def test_one_cycle_shape_comes_from_params():
 
 def test_offset_convs_get_their_own_group_and_the_rest_one():
     model = build_model("deformable", width_mult=0.25)
-    optimizer, _ = engine.make_optimizer(model, 0.01, 1e-4, offset_lr_mult=0.1)
+    optimizer, _ = optim.make_optimizer(model, 0.01, 1e-4, offset_lr_mult=0.1)
     base, offsets = (group["params"] for group in optimizer.param_groups)
     assert {id(p) for p in offsets} == {id(p) for p in offset_parameters(model)}
     assert len(base) + len(offsets) == len(list(model.parameters()))
-    plain, _ = engine.make_optimizer(build_model("cnn"), 0.01, 1e-4, offset_lr_mult=0.1)
+    plain, _ = optim.make_optimizer(build_model("cnn"), 0.01, 1e-4, offset_lr_mult=0.1)
     assert len(plain.param_groups) == 1
 
 
@@ -85,7 +86,7 @@ def test_adam_is_fused_on_cpu_and_steps_like_the_loop_version():
     loop_net = build_model("deformable", width_mult=0.25)
     loop_net.load_state_dict(fused_net.state_dict())
     start = [p.detach().clone() for p in fused_net.parameters()]
-    fused, peaks = engine.make_optimizer(fused_net, 0.01, 1e-4, offset_lr_mult=0.1)
+    fused, peaks = optim.make_optimizer(fused_net, 0.01, 1e-4, offset_lr_mult=0.1)
     assert fused.defaults["fused"] and len(fused.param_groups) == 2
     offsets = {id(p) for p in offset_parameters(loop_net)}
     groups = [
@@ -95,7 +96,7 @@ def test_adam_is_fused_on_cpu_and_steps_like_the_loop_version():
     loop = torch.optim.Adam(groups, weight_decay=1e-4, foreach=False, fused=False)
     shape = OneCycleParams(pct_start=0.3, div_factor=25.0, final_div_factor=1e4)
     for net, opt in ((fused_net, fused), (loop_net, loop)):
-        schedule = engine.one_cycle(opt, peaks, 1, 6, shape)
+        schedule = optim.one_cycle(opt, peaks, 1, 6, shape)
         for step in range(6):
             generator = torch.Generator().manual_seed(step)
             for p in net.parameters():
@@ -114,7 +115,7 @@ def test_each_stage_is_one_cycle_at_its_max_lr(prepared):
     schedule = Schedule("s", epochs=[2, 1, 1], max_lr=[0.01, 0.001, 0.0001])
     torch.manual_seed(0)
     model = build_model("cnn", width_mult=0.25)
-    history = engine.train_model(model, train, val, normalize, schedule, params.train, 0.1)
+    history = loop.train_model(model, train, val, normalize, schedule, params.train, 0.1)
 
     assert [r.epoch for r in history] == [1, 2, 3, 4]
     assert [r.stage for r in history] == [1, 1, 2, 3]
@@ -133,14 +134,14 @@ def test_weights_carry_over_between_stages(prepared, monkeypatch):
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     after_epoch, at_stage_start = [], []
 
-    make_optimizer = engine.make_optimizer
+    make_optimizer = optim.make_optimizer
 
     def spy(model, *args, **kwargs):
         at_stage_start.append({k: v.clone() for k, v in model.state_dict().items()})
         return make_optimizer(model, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "make_optimizer", spy)
-    engine.train_model(
+    monkeypatch.setattr(loop, "make_optimizer", spy)
+    loop.train_model(
         model,
         train,
         val,
@@ -163,7 +164,7 @@ def test_gradients_are_clipped_by_value_before_each_step(prepared, monkeypatch):
     train, val, normalize = load_splits(prepared)
     clip = 1e-4  # far below the raw gradients of an untrained net
     raw, applied = [], []
-    make_optimizer = engine.make_optimizer
+    make_optimizer = optim.make_optimizer
 
     def with_hooks(model, *args, **kwargs):
         optimizer, peaks = make_optimizer(model, *args, **kwargs)
@@ -175,11 +176,11 @@ def test_gradients_are_clipped_by_value_before_each_step(prepared, monkeypatch):
         )
         return optimizer, peaks
 
-    monkeypatch.setattr(engine, "make_optimizer", with_hooks)
+    monkeypatch.setattr(loop, "make_optimizer", with_hooks)
     torch.manual_seed(0)
     model = build_model("cnn", width_mult=0.25)
     tp = tiny_params(**{"train.grad_clip": clip}).train
-    engine.train_model(model, train, val, normalize, Schedule("s", [1], [0.01]), tp, 0.1)
+    loop.train_model(model, train, val, normalize, Schedule("s", [1], [0.01]), tp, 0.1)
 
     assert max(raw) > 10 * clip
     assert applied and max(applied) == pytest.approx(clip)
@@ -190,8 +191,8 @@ def test_gradients_are_clipped_by_value_before_each_step(prepared, monkeypatch):
 
 def test_augment_flip_only_mirrors_exactly():
     x = torch.rand(16, 3, 8, 8)
-    theta = engine.augment_thetas(16, torch.Generator().manual_seed(0), hflip=True, crop_scale=1.0)
-    out = engine.augment(x, theta)
+    theta = batches.augment_thetas(16, torch.Generator().manual_seed(0), hflip=True, crop_scale=1.0)
+    out = batches.augment(x, theta)
     flipped = [torch.allclose(o, xi.flip(-1), atol=1e-6) for o, xi in zip(out, x, strict=True)]
     kept = [torch.allclose(o, xi, atol=1e-6) for o, xi in zip(out, x, strict=True)]
     assert all(f or k for f, k in zip(flipped, kept, strict=True))
@@ -205,8 +206,8 @@ def test_augment_crop_zooms_in_at_a_seeded_position():
     ramp = torch.arange(side, dtype=torch.float32)
     x = torch.stack([ramp.expand(side, side), ramp[:, None].expand(side, side)])  # (2, H, W)
     x = x.unsqueeze(0).repeat(64, 1, 1, 1)  # x-ramp, y-ramp channels
-    draw = lambda: engine.augment_thetas(64, torch.Generator().manual_seed(1), False, 0.5)  # noqa: E731
-    a, b = engine.augment(x, draw()), engine.augment(x, draw())
+    draw = lambda: batches.augment_thetas(64, torch.Generator().manual_seed(1), False, 0.5)  # noqa: E731
+    a, b = batches.augment(x, draw()), batches.augment(x, draw())
     assert torch.equal(a, b)  # seeded
 
     inner = slice(4, side - 4)  # away from the border, where clamping flattens the ramp
@@ -224,13 +225,13 @@ def test_augment_crop_zooms_in_at_a_seeded_position():
     scales = torch.tensor([o[0].mean(dim=0)[inner].diff().mean().item() for o in a])
     starts = torch.tensor([o[0].mean(dim=0)[4].item() for o in a])
     assert scales.std() > 0.05 and starts.std() > 0.5  # both drawn per image, not fixed
-    assert engine.augment_thetas(64, torch.Generator(), hflip=False, crop_scale=1.0) is None
-    assert engine.augment(x, None) is x
+    assert batches.augment_thetas(64, torch.Generator(), hflip=False, crop_scale=1.0) is None
+    assert batches.augment(x, None) is x
 
 
 def test_channel_stats_match_a_float_computation():
     images = torch.randint(0, 256, (10, 3, 5, 5), dtype=torch.uint8)
-    mean, std = engine.channel_stats(images, chunk=3)
+    mean, std = preprocess.channel_stats(images, chunk=3)
     x = images.double() / 255
     assert mean == pytest.approx(x.mean(dim=(0, 2, 3)).tolist())
     assert std == pytest.approx(x.std(dim=(0, 2, 3), unbiased=False).tolist())
@@ -239,8 +240,8 @@ def test_channel_stats_match_a_float_computation():
 @pytest.mark.parametrize(("n", "batch_size", "expected"), [(32, 16, 2), (33, 16, 2), (34, 16, 3)])
 def test_a_single_image_batch_is_dropped(n, batch_size, expected):
     augment = AugmentParams(hflip=True, crop_scale=0.8)
-    plan = engine.epoch_plan(n, batch_size, torch.Generator().manual_seed(0), augment, CPU)
-    assert len(plan) == expected == engine.steps_per_epoch(n, batch_size)
+    plan = batches.epoch_plan(n, batch_size, torch.Generator().manual_seed(0), augment, CPU)
+    assert len(plan) == expected == batches.steps_per_epoch(n, batch_size)
     assert min(len(b.index) for b in plan) > 1
     assert all(b.theta.shape == (len(b.index), 2, 3) for b in plan)
 
@@ -248,10 +249,10 @@ def test_a_single_image_batch_is_dropped(n, batch_size, expected):
 def test_an_epoch_plan_is_drawn_once_from_the_cpu_generator():
     """Permutation first, then every image's augmentation: the same stream on every device."""
     augment = AugmentParams(hflip=True, crop_scale=0.8)
-    plan = engine.epoch_plan(10, 4, torch.Generator().manual_seed(3), augment, CPU)
+    plan = batches.epoch_plan(10, 4, torch.Generator().manual_seed(3), augment, CPU)
     generator = torch.Generator().manual_seed(3)
     order = torch.randperm(10, generator=generator)
-    theta = engine.augment_thetas(10, generator, True, 0.8)
+    theta = batches.augment_thetas(10, generator, True, 0.8)
     assert torch.equal(torch.cat([b.index for b in plan]), order)
     assert torch.equal(torch.cat([b.theta for b in plan]), theta)
 
@@ -266,7 +267,7 @@ def test_train_epoch_weights_loss_and_accuracy_by_images_not_batches():
     images = torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8)
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
     train = Split(images, labels, [str(i) for i in range(10)], ["a", "b", "c"])
-    normalize = engine.Normalize([0.5] * 3, [0.25] * 3, torch.device("cpu"))
+    normalize = preprocess.Normalize([0.5] * 3, [0.25] * 3, torch.device("cpu"))
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3), nn.LogSoftmax(dim=1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
@@ -274,14 +275,14 @@ def test_train_epoch_weights_loss_and_accuracy_by_images_not_batches():
         **{"train.batch_size": 4, "train.augment.hflip": False, "train.augment.crop_scale": 1.0}
     ).train
     progress = RunProgress("t", 3, "cpu")
-    loss, acc, _ = engine.train_epoch(
+    loss, acc, _ = loop.train_epoch(
         model, train, normalize, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False),
         tp, torch.Generator().manual_seed(0), progress,
     )  # fmt: skip
     progress.close()
 
     with torch.no_grad():
-        log_probs = model(normalize(engine.to_unit(images)))
+        log_probs = model(normalize(preprocess.to_unit(images)))
     assert loss == pytest.approx(F.nll_loss(log_probs, labels).item(), rel=1e-6)
     assert acc == pytest.approx((log_probs.argmax(1) == labels).double().mean().item())
 
@@ -299,12 +300,14 @@ def test_predict_scores_in_eval_mode():
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
-    normalize = engine.Normalize([0.5] * 3, [0.25] * 3, torch.device("cpu"))
+    normalize = preprocess.Normalize([0.5] * 3, [0.25] * 3, torch.device("cpu"))
 
-    batched = engine.predict(model, images, normalize, batch_size=6)
+    batched = loop.predict(model, images, normalize, batch_size=6)
     model.eval()
     with torch.no_grad():
-        alone = torch.cat([model(normalize(engine.to_unit(images[i : i + 1]))) for i in range(6)])
+        alone = torch.cat(
+            [model(normalize(preprocess.to_unit(images[i : i + 1]))) for i in range(6)]
+        )
     assert torch.allclose(batched, alone, atol=1e-5)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
@@ -316,32 +319,32 @@ def test_one_epoch_per_net_at_32px_under_cpu_bf16_autocast(arch):
     images = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8, generator=generator)
     labels = torch.arange(24) % 7
     split = Split(images, labels, [str(i) for i in range(24)], [f"b{i}" for i in range(7)])
-    normalize = engine.Normalize([0.5] * 3, [0.25] * 3, CPU)
+    normalize = preprocess.Normalize([0.5] * 3, [0.25] * 3, CPU)
     torch.manual_seed(0)
-    model = engine.prepare_model(build_model(arch, width_mult=0.25), CPU)
-    history = engine.train_model(
+    model = devices.prepare_model(build_model(arch, width_mult=0.25), CPU)
+    history = loop.train_model(
         model, split, split, normalize, Schedule("s", [1], [0.01]), tiny_params().train, 0.1,
         dtype=torch.bfloat16,
     )  # fmt: skip
     assert len(history) == 1
     assert torch.isfinite(torch.tensor([history[0].train_loss, history[0].val_loss])).all()
-    log_probs = engine.predict(model, images, normalize, 8, torch.bfloat16)
+    log_probs = loop.predict(model, images, normalize, 8, torch.bfloat16)
     assert log_probs.dtype == torch.float32 and log_probs.shape == (24, 7)
 
 
 def test_auto_precision_is_float32_without_native_bf16(monkeypatch):
-    monkeypatch.setattr(engine, "native_cpu_bf16", lambda: False)
-    assert engine.resolve_amp("auto", CPU, "cnn") == "off"
-    monkeypatch.setattr(engine, "native_cpu_bf16", lambda: True)
-    assert engine.resolve_amp("auto", CPU, "cnn") == engine.CPU_AUTO_AMP["cnn"]
-    assert engine.resolve_amp("off", CPU, "cnn") == "off"
+    monkeypatch.setattr(devices, "native_cpu_bf16", lambda: False)
+    assert devices.resolve_amp("auto", CPU, "cnn") == "off"
+    monkeypatch.setattr(devices, "native_cpu_bf16", lambda: True)
+    assert devices.resolve_amp("auto", CPU, "cnn") == devices.CPU_AUTO_AMP["cnn"]
+    assert devices.resolve_amp("off", CPU, "cnn") == "off"
 
 
 def test_keep_freed_memory_takes_on_glibc():
     """On Linux (glibc) both mallopt settings are accepted; elsewhere it says it did nothing."""
     import platform
 
-    from dogbreeds.engine import keep_freed_memory
+    from dogbreeds.training.devices import keep_freed_memory
 
     on_glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() is on_glibc

@@ -21,7 +21,7 @@ from datagen import (
 )
 from PIL import Image, ImageEnhance
 
-from dogbreeds.merge import (
+from dogbreeds.data.merge import (
     MergeError,
     UnionFind,
     hamming,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from dogbreeds.models import (
+from dogbreeds.nets.models import (
     MODELS,
     build_model,
     count_macs,

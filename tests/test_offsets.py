@@ -8,11 +8,11 @@ import pytest
 import torch
 from datagen import tiny_params
 
-from dogbreeds import offsets
-from dogbreeds.checkpoint import save_checkpoint
-from dogbreeds.engine import Normalize
-from dogbreeds.models import build_model
-from dogbreeds.prepared import load_split
+from dogbreeds.analysis import offsets
+from dogbreeds.data.prepared import load_split
+from dogbreeds.data.preprocess import Normalize
+from dogbreeds.nets.models import build_model
+from dogbreeds.training.checkpoint import save_checkpoint
 
 
 def net_with_constant_offsets(dy: float, dx: float) -> torch.nn.Module:
@@ -51,20 +51,21 @@ def test_run_offsets_writes_means_and_a_figure_per_deformable_net(prepared, tmp_
     params = tiny_params(**{"train.seeds": [0]})
     model = net_with_constant_offsets(0.5, 0.0)
     breeds = load_split(prepared / "test.pt").breeds
-    meta = {"arch": "deformable", "width_mult": 0.25, "deform_backend": "auto", "breeds": breeds}
+    meta = {"arch": "deformable", "width_mult": 0.25, "deform_backend": "auto", "breeds": breeds,
+            "resolution": 16, "mean": [0.5] * 3, "std": [0.25] * 3}  # fmt: skip
     save_checkpoint(
-        tmp_path / "models/deformable-tiny-seed0.pt",
+        tmp_path / "models/deformable-tiny-0.pt",
         model,
         {**meta, "mean": [0.5] * 3, "std": [0.25] * 3},
     )
     out = tmp_path / "offsets"
     results = offsets.run_offsets(params, prepared, tmp_path / "models", out)
 
-    assert list(results) == ["deformable-tiny-seed0"]
-    for layer in results["deformable-tiny-seed0"].values():
+    assert list(results) == ["deformable-tiny-0"]
+    for layer in results["deformable-tiny-0"].values():
         assert layer == pytest.approx({"clean": 0.5, "deformed": 0.5})
     assert json.loads((out / "offsets.json").read_text()) == results
-    assert (out / "offsets-deformable-tiny-seed0.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "offsets-deformable-tiny-0.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_without_the_deformable_net_there_is_nothing_to_measure(prepared, tmp_path):

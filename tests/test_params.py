@@ -109,7 +109,7 @@ def test_exponent_floats_written_by_dvc_exp_are_numbers(tmp_path):
 
 
 def test_deform_backend_choices_are_deformconvs_backends():
-    from dogbreeds.deformconv import BACKENDS
+    from dogbreeds.ops.deform_conv import BACKENDS
     from dogbreeds.params import DEFORM_BACKENDS
 
     assert DEFORM_BACKENDS == BACKENDS

@@ -6,9 +6,9 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from dogbreeds import plots
-from dogbreeds.history import EpochRecord
-from dogbreeds.prepared import Split
+from dogbreeds.analysis import plots
+from dogbreeds.data.prepared import Split
+from dogbreeds.training.history import EpochRecord
 
 
 def split(n: int, value: int) -> Split:

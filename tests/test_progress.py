@@ -7,7 +7,7 @@ import logging
 import pytest
 from tqdm import tqdm
 
-from dogbreeds import progress
+from dogbreeds.common import progress
 
 
 class FakeClock:
@@ -41,7 +41,7 @@ def test_a_long_cpu_run_is_warned_once_from_the_measured_rate(
     caplog, seconds_per_step, device_type, warned
 ):
     # 4000 steps: at 2 s a step that is 2.2 h (warn); at 0.5 s, 33 min (no warning)
-    with caplog.at_level(logging.WARNING, logger="dogbreeds.progress"):
+    with caplog.at_level(logging.WARNING, logger="dogbreeds.common.progress"):
         run = run_steps(seconds_per_step, 4000, device_type, steps=20)
     left = run.seconds_left()
     run.close()

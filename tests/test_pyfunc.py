@@ -16,13 +16,22 @@ import pandas as pd
 import pytest
 import torch
 from conftest import ROOT
+from datagen import tiny_params
 from PIL import Image
 
-from dogbreeds import registry, tracking
-from dogbreeds.images import load_square
-from dogbreeds.inference import CheckpointError, Classifier
-from dogbreeds.models import build_model
-from dogbreeds.predict import main as predict_main
+from dogbreeds.commands.predict import main as predict_main
+from dogbreeds.common.fs import write_json
+from dogbreeds.common.redact import redact
+from dogbreeds.data.deformations import prepare_image
+from dogbreeds.data.preprocess import Normalize
+from dogbreeds.nets.models import build_model
+from dogbreeds.params import run_name
+from dogbreeds.serving import pyfunc, registry
+from dogbreeds.serving.classifier import Classifier
+from dogbreeds.tracking import lineage, store
+from dogbreeds.tracking import runs as tracking
+from dogbreeds.training import batches
+from dogbreeds.training.checkpoint import CheckpointError
 
 BREEDS = ["Chihuahua", "Pug", "Beagle", "Labrador", "Husky", "Poodle", "Pomeranian"]
 SIDE = 16
@@ -69,21 +78,46 @@ def logged_run(root, checkpoint, val_acc: float, name: str = "cnn-s1"):
     with tracking.training_run(name, tracking.run_tags("cnn", "s1"), root) as run:
         run.log_metrics({"val_acc": val_acc / 2}, step=1)
         run.log_metrics({"val_acc": val_acc}, step=2)  # the last epoch's value counts
-        tracking.log_pyfunc_model(run, checkpoint)
+        pyfunc.log_model(run, checkpoint)
     return run
 
 
 # ----------------------------------------------------------------------------- classifier
 
 
-def test_classifier_preprocesses_like_the_deform_stage(checkpoint, tmp_path):
-    classifier = Classifier.from_checkpoint(checkpoint)
-    photo = tmp_path / "photo.jpg"
+def rotated_jpeg(path, size=(90, 60)):
+    """A JPEG photo whose EXIF says "rotate 90°": decoding must turn it upright."""
     rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (30, 50, 3), dtype=np.uint8)).save(photo)
-    expected = np.asarray(load_square(photo, SIDE)).transpose(2, 0, 1)  # what training saw
-    assert np.array_equal(classifier.pixels(photo.read_bytes()).numpy(), expected)
+    image = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    image.save(path, format="JPEG", exif=exif, quality=90)
+    return path
 
+
+def test_the_served_model_feeds_the_net_what_training_fed_it(checkpoint, tmp_path):
+    """One file, two paths, the same float tensor bit for bit: the deform stage's pixels through
+    the training loop's `inputs`, and the logged MLflow model's own preprocessing."""
+    photo = rotated_jpeg(tmp_path / "photo.jpg")
+    meta = torch.load(checkpoint, weights_only=True)
+
+    clean, _ = prepare_image((str(photo), "photo", False), SIDE, tiny_params().deform)
+    trained_on = batches.inputs(torch.from_numpy(clean)[None], Normalize(meta["mean"], meta["std"]))
+
+    root = tmp_path / "store"
+    run = logged_run(root, checkpoint, 0.5)
+    served = pyfunc.load(f"runs:/{run.run_id}/model", root).unwrap_python_model().classifier
+    served_input = served.inputs(served.pixels(photo.read_bytes())[None])
+
+    assert clean.shape == (3, SIDE, SIDE)
+    assert torch.equal(served_input, trained_on)
+    upright = Image.open(photo).transpose(Image.Transpose.ROTATE_270)  # what EXIF asks for
+    assert upright.size == (60, 90)  # the rotation is in play: a portrait, not the stored landscape
+
+
+def test_the_classifier_gives_probabilities_per_breed(checkpoint, tmp_path):
+    classifier = Classifier.from_checkpoint(checkpoint)
+    photo = rotated_jpeg(tmp_path / "photo.jpg")
     probs = classifier.probabilities([photo.read_bytes(), encoded(fmt="WEBP")])
     assert probs.shape == (2, len(BREEDS))
     assert torch.allclose(probs.sum(dim=1), torch.ones(2), atol=1e-5)
@@ -111,7 +145,7 @@ def test_pyfunc_model_takes_image_bytes_and_returns_one_column_per_breed(
     assert not [w for w in caught if "type hints to the `predict`" in str(w.message)]
     # logged from code (mlflow_model.py), not as a pickled object: no CloudPickle warning
     assert "CloudPickle" not in capfd.readouterr().err
-    model = tracking.load_pyfunc(f"runs:/{run.run_id}/model", tmp_path)
+    model = pyfunc.load(f"runs:/{run.run_id}/model", tmp_path)
 
     inputs = model.metadata.get_input_schema().to_dict()
     assert inputs == [{"type": "binary", "name": "image", "required": True}]
@@ -134,43 +168,76 @@ def test_runs_show_source_dataset_and_the_experiment_opens_on_training(tmp_path,
         "    - path: data/prepared\n      hash: md5\n      md5: 0123456789abcdef0123.dir\n"
     )
     with tracking.training_run("cnn-s1", tracking.run_tags("cnn", "s1"), tmp_path) as run:
-        dataset = tracking.log_prepared_dataset(run, tmp_path / "data/prepared")
+        dataset = lineage.log_prepared_dataset(run, tmp_path / "data/prepared")
     logged = run.client.get_run(run.run_id)
     assert logged.data.tags["mlflow.source.name"] == "train@cnn-s1"
     assert dataset.name == "prepared@0123456789ab"
     [used] = logged.inputs.dataset_inputs
     assert used.dataset.name == "prepared@0123456789ab"
     assert json.loads(used.dataset.source)["dvc_md5"] == "0123456789abcdef0123.dir"
-    experiment = run.client.get_experiment_by_name(tracking.EXPERIMENT)
+    experiment = run.client.get_experiment_by_name(store.EXPERIMENT)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_passwords_in_a_tracking_uri_never_reach_the_log():
     uri = "postgresql+psycopg2://mlflow:s3cret@db.example:5432/mlflow"
-    assert tracking.redact(uri) == "postgresql+psycopg2://mlflow:***@db.example:5432/mlflow"
-    assert tracking.redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert redact(uri) == "postgresql+psycopg2://mlflow:***@db.example:5432/mlflow"
+    assert redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
 
 
 # ----------------------------------------------------------------------------- registry
 
 
+def candidate(run, val_acc: float, name: str, arch: str = "cnn") -> registry.Candidate:
+    return registry.Candidate(arch, name, run.run_id, val_acc, order=0)
+
+
 def test_the_best_val_acc_becomes_champion_once(tmp_path):
     weak = logged_run(tmp_path, write_checkpoint(tmp_path / "a.pt", 1), 0.4, "cnn-a")
     strong = logged_run(tmp_path, write_checkpoint(tmp_path / "b.pt", 2), 0.6, "cnn-b")
-    champion = registry.register_champion("cnn", tmp_path)
+    found = [candidate(weak, 0.4, "cnn-a"), candidate(strong, 0.6, "cnn-b")]
+    champion = registry.register(registry.choose(found)["cnn"], tmp_path)
     assert (champion.name, champion.version, champion.run_id) == (
         "dogbreeds-cnn",
         "1",
         strong.run_id,
     )
     assert champion.val_acc == 0.6
-    assert registry.register_champion("cnn", tmp_path).version == "1"  # nothing new: no version
-    assert registry.register_champion("dsc", tmp_path) is None  # no dsc run at all
+    again = registry.register(registry.choose(found)["cnn"], tmp_path)
+    assert again.version == "1"  # nothing new: no new version
 
     better = logged_run(tmp_path, write_checkpoint(tmp_path / "c.pt", 3), 0.7, "cnn-c")
-    assert registry.register_champion("cnn", tmp_path).version == "2"
-    model = tracking.load_pyfunc(champion.uri, tmp_path)
+    found.append(candidate(better, 0.7, "cnn-c"))
+    assert registry.register(registry.choose(found)["cnn"], tmp_path).version == "2"
+    model = pyfunc.load(champion.uri, tmp_path)
     assert model.metadata.run_id == better.run_id != weak.run_id
+
+
+def test_champions_come_from_the_outputs_and_ties_go_to_params_order(tmp_path):
+    params = tiny_params()  # archs x schedules x seeds of the tiny study
+    names = [
+        run_name(a, s, n) for a in params.train.archs for s in params.train.schedules
+        for n in params.train.seeds
+    ]  # fmt: skip
+    for i, name in enumerate(names):  # every run ties at 0.5 but the ones named "best"
+        write_json(tmp_path / f"{name}.json", {"mlflow_run_id": f"id-{i}", "val_acc": 0.5})
+    found = registry.candidates(params, tmp_path)
+    assert [c.run_name for c in found] == names
+    chosen = registry.choose(list(reversed(found)))  # another order of arrival: same champions
+    assert chosen == registry.choose(found)
+    assert {a: c.run_name for a, c in chosen.items()} == {
+        a: next(n for n in names if n.startswith(f"{a}-")) for a in params.train.archs
+    }
+    (tmp_path / f"{names[0]}.json").write_text("{}")
+    with pytest.raises(registry.RegistryError, match=f"{names[0]}.json: no mlflow_run_id"):
+        registry.candidates(params, tmp_path)
+
+
+def test_a_run_without_a_logged_model_is_refused_by_name(tmp_path):
+    with tracking.training_run("cnn-x", tracking.run_tags("cnn", "s1"), tmp_path) as run:
+        run.log_metrics({"val_acc": 0.5})
+    with pytest.raises(registry.RegistryError, match="has no logged model"):
+        registry.register(candidate(run, 0.5, "cnn-x"), tmp_path)
 
 
 # ----------------------------------------------------------------------------- predict
@@ -194,8 +261,8 @@ def test_predict_from_the_registry_matches_the_checkpoint(
 ):
     (tmp_path / ".dvc").mkdir()  # the store is found at the repository root, as in the study
     monkeypatch.chdir(tmp_path)
-    logged_run(tmp_path, checkpoint, 0.5)
-    registry.register_champion("cnn", tmp_path)
+    run = logged_run(tmp_path, checkpoint, 0.5)
+    registry.register(candidate(run, 0.5, "cnn-s1"), tmp_path)
     good = tmp_path / "dog.png"
     good.write_bytes(encoded())
     assert predict_main([str(good), "--model", "models:/dogbreeds-cnn@champion"]) == 0
@@ -206,7 +273,7 @@ def test_predict_from_the_registry_matches_the_checkpoint(
 
 def test_predict_without_a_model_says_so(tmp_path, capsys):
     assert predict_main([str(tmp_path / "x.png"), "--model", str(tmp_path / "none.pt")]) == 2
-    assert "none.pt: no such checkpoint" in capsys.readouterr().err
+    assert "none.pt: not found" in capsys.readouterr().err
 
 
 def test_predict_runs_as_a_module(tmp_path, checkpoint):
@@ -216,7 +283,7 @@ def test_predict_runs_as_a_module(tmp_path, checkpoint):
     good = tmp_path / "dog.png"
     good.write_bytes(encoded())
     proc = subprocess.run(
-        [sys.executable, "-m", "dogbreeds.predict", str(good), "--model", str(checkpoint)],
+        [sys.executable, "-m", "dogbreeds", "predict", str(good), "--model", str(checkpoint)],
         capture_output=True,
         text=True,
         env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},

@@ -6,8 +6,8 @@ import tarfile
 
 import torch
 
-from dogbreeds import quickstudy
-from dogbreeds.prepared import Split, save_split
+from dogbreeds.commands import quickstudy
+from dogbreeds.data.prepared import Split, save_split
 
 
 def smooth_images(n: int, side: int, generator: torch.Generator) -> torch.Tensor:

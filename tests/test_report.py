@@ -12,11 +12,11 @@ import pytest
 from datagen import tiny_params
 from scipy import stats as scipy_stats
 
-from dogbreeds import report
-from dogbreeds.fsutil import write_json
-from dogbreeds.history import EpochRecord, write_history
-from dogbreeds.models import build_model, count_params
+from dogbreeds.analysis import report
+from dogbreeds.common.fs import write_json
+from dogbreeds.nets.models import MODELS
 from dogbreeds.params import Schedule
+from dogbreeds.training.history import EpochRecord, write_history
 
 SCHEDULES = {
     "s20_14_6": {"epochs": [20, 14, 6], "max_lr": [0.01, 0.001, 0.0001]},  # the paper's
@@ -25,6 +25,7 @@ SCHEDULES = {
 
 
 IMAGES = 40  # test images per run
+PARAMS = {"cnn": 12_345, "dsc": 2_345, "deformable": 13_579}  # what the train stage counted
 
 
 KINDS = ("elastic", "all")
@@ -51,6 +52,10 @@ def write_run(metrics: Path, name: str, offset: float, epochs: int, right: int) 
             "wall_time_s": 90.0,
             "device": "cpu",
             "mlflow_run_id": "abc",
+            "width_mult": 0.25,
+            "resolution": 16,
+            "params": PARAMS[name.split("-")[0]],
+            "macs": 2_500_000,
         },
     )
     write_json(
@@ -62,7 +67,8 @@ def write_run(metrics: Path, name: str, offset: float, epochs: int, right: int) 
             "clean_test_acc": 0.6,
             "val_loss": 1.1,
             "val_acc": 0.4,
-            "per_class_test_acc": {},
+            "per_class_test_acc": {"a": 0.0, "b": right / IMAGES, "c": 0.0},
+            "confusion": [[0, 0, 0], [0, right, IMAGES - right], [0, 0, 0]],
         },
     )
     rows = ["id,label,test,clean_test"]
@@ -96,13 +102,13 @@ def study(tmp_path):
             for seed in SEEDS:
                 write_run(
                     tmp_path / "metrics",
-                    f"{arch}-{name}-seed{seed}",
+                    f"{arch}-{name}-{seed}",
                     offset + SPREAD[seed],
                     sum(schedule["epochs"]),
                     right,
                 )
     offsets = {
-        f"deformable-{name}-seed{seed}": {
+        f"deformable-{name}-{seed}": {
             "features.3": {"clean": 0.5 + SPREAD[seed], "deformed": 0.7 + SPREAD[seed]}
         }
         for name in SCHEDULES
@@ -214,9 +220,9 @@ def test_sizes_robustness_timing_and_notes(study):
     params, metrics = study
     markdown = report.run_report(params, metrics)
 
-    ours = count_params(build_model("cnn", width_mult=0.25))  # alpha 0.25 beside the paper's
-    assert f"| DogBreedClassificationCNN | {ours:,} |" in markdown and "| 585,383 |" in markdown
-    assert "MACs (16×16)" in markdown
+    # the sizes the train stage recorded (the report builds no net), beside the paper's
+    assert "| DogBreedClassificationCNN | 12,345 | 2.5 M | 585,383 |" in markdown
+    assert "params (α=0.25) | MACs (16×16)" in markdown
     assert "| deformable | hot | 0.6000 [0.6000, 0.6000] | 0.4200 [" in markdown
     assert "| cnn | s20_14_6 | cpu | 40 | 1.5 |" in markdown
     assert "`model.deformable.offset_lr_mult` = 0.1" in markdown and "does not state" in markdown
@@ -224,28 +230,29 @@ def test_sizes_robustness_timing_and_notes(study):
     assert (metrics / "report.md").read_text() == markdown
 
 
-def test_one_accuracy_figure_per_run(study):
+def test_one_accuracy_and_one_confusion_figure_per_run(study):
     params, metrics = study
     markdown = report.run_report(params, metrics)
 
     figures = sorted(p.name for p in (metrics / "figures").iterdir())
     assert figures == sorted(
         [
-            f"{a}-{s}-seed{n}-accuracy.png"
+            f"{a}-{s}-{n}-{figure}.png"
             for a in ("cnn", "deformable")
             for s in ("s20_14_6", "hot")
             for n in SEEDS
+            for figure in ("accuracy", "confusion")
         ]
         + ["robustness.png"]
     )
     assert all((metrics / "figures" / f).read_bytes()[:4] == b"\x89PNG" for f in figures)
-    assert "![cnn-hot-seed1 accuracy](figures/cnn-hot-seed1-accuracy.png)" in markdown
+    assert "![cnn-hot-1 accuracy](figures/cnn-hot-1-accuracy.png)" in markdown
 
 
 def test_a_missing_metrics_file_is_named(study):
     params, metrics = study
-    (metrics / "eval" / "cnn-hot-seed2-predictions.csv").unlink()
-    with pytest.raises(report.ReportError, match="cnn-hot-seed2-predictions.csv: not found"):
+    (metrics / "eval" / "cnn-hot-2-predictions.csv").unlink()
+    with pytest.raises(report.ReportError, match="cnn-hot-2-predictions.csv: not found"):
         report.run_report(params, metrics)
     assert not (metrics / "report.md").exists()
 
@@ -279,6 +286,18 @@ def paper_tables(path: Path) -> dict[str, dict[str, tuple[float, ...]]]:
         elif cells[0] != "epoch":
             current[cells[0]] = tuple(float(c) for c in cells[1:])
     return tables
+
+
+def test_the_reports_class_names_are_the_nets_own():
+    assert report.NET_NAMES == {arch: net.__name__ for arch, net in MODELS.items()}
+
+
+def test_sizes_from_an_older_train_stage_are_asked_for(study):
+    params, metrics = study
+    path = metrics / "train" / "cnn-s20_14_6-0.json"
+    write_json(path, {k: v for k, v in json.loads(path.read_text()).items() if k != "macs"})
+    with pytest.raises(report.ReportError, match="cnn-s20_14_6-0.json lacks macs"):
+        report.run_report(params, metrics)
 
 
 def test_paper_numbers_are_the_reports_tables():

@@ -23,8 +23,8 @@ import yaml
 from conftest import ROOT
 from datagen import set_keys
 
-from dogbreeds import resume
-from dogbreeds.engine import TrainState, capture_rng, restore_rng
+from dogbreeds.training import resume
+from dogbreeds.training.state import TrainState, capture_rng, restore_rng
 
 EPOCHS = [4, 3, 2]
 KILL_IN_EPOCH = 7
@@ -32,13 +32,13 @@ KILL_IN_EPOCH = 7
 DRIVER = """
 import os, signal, sys
 from pathlib import Path
-import dogbreeds.engine as engine
-from dogbreeds.cli import run_stage
+import dogbreeds.training.loop as loop
+from dogbreeds.common.cli import run_stage
 from dogbreeds.params import load_params
-from dogbreeds.train import run_training
+from dogbreeds.pipeline.train import run_training
 
 kill_at = int(os.environ.get("KILL_AT_STEP", "0"))  # the step to die in (0: never)
-step = engine.train_step
+step = loop.train_step
 calls = 0
 
 def dying_step(*args, **kwargs):
@@ -48,7 +48,7 @@ def dying_step(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
     return step(*args, **kwargs)
 
-engine.train_step = dying_step
+loop.train_step = dying_step
 out = Path(sys.argv[1])
 run_stage(lambda: run_training(
     load_params(), "cnn", "tiny", 0, prepared=Path("data/prepared"),
@@ -106,17 +106,17 @@ def test_a_killed_training_resumes_and_ends_as_if_never_killed(repo: Path) -> No
     assert not list((repo / ".resume").glob("*.pt"))  # only the dead process's lock file
     killed = train(repo, "resumed", kill_at_step=(KILL_IN_EPOCH - 1) * steps + 2)
     assert killed.returncode == -signal.SIGKILL
-    assert "cnn-tiny-seed0 epoch 6:" in killed.stderr and "epoch 7:" not in killed.stderr
-    states = list((repo / ".resume").glob("cnn-tiny-seed0-*.pt"))
+    assert "cnn-tiny-0 epoch 6:" in killed.stderr and "epoch 7:" not in killed.stderr
+    states = list((repo / ".resume").glob("cnn-tiny-0-*.pt"))
     assert len(states) == 1  # kept outside the outputs, which were never written
     assert not (repo / "resumed" / "metrics").exists()
 
     resumed = train(repo, "resumed")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after epoch 6 of 9" in resumed.stderr
-    assert "cnn-tiny-seed0 epoch 1:" not in resumed.stderr  # nothing was trained twice
+    assert "cnn-tiny-0 epoch 1:" not in resumed.stderr  # nothing was trained twice
 
-    for name in ("cnn-tiny-seed0.tsv", "cnn-tiny-seed0.json"):
+    for name in ("cnn-tiny-0.tsv", "cnn-tiny-0.json"):
         a, b = (repo / run / "metrics" / name for run in ("whole", "resumed"))
         if name.endswith(".tsv"):
             assert a.read_text() == b.read_text()
@@ -125,7 +125,7 @@ def test_a_killed_training_resumes_and_ends_as_if_never_killed(repo: Path) -> No
                 json.loads(b.read_text())
             )
     weights = [
-        torch.load(repo / run / "models/cnn-tiny-seed0.pt", weights_only=True)
+        torch.load(repo / run / "models/cnn-tiny-0.pt", weights_only=True)
         for run in ("whole", "resumed")
     ]
     for key, value in weights[0]["state_dict"].items():
@@ -134,8 +134,8 @@ def test_a_killed_training_resumes_and_ends_as_if_never_killed(repo: Path) -> No
 
     # MLflow: the killed attempt FAILED, the resumed run FINISHED, names it and has every epoch
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
-    new_id = json.loads((repo / "resumed/metrics/cnn-tiny-seed0.json").read_text())["mlflow_run_id"]
-    whole_id = json.loads((repo / "whole/metrics/cnn-tiny-seed0.json").read_text())["mlflow_run_id"]
+    new_id = json.loads((repo / "resumed/metrics/cnn-tiny-0.json").read_text())["mlflow_run_id"]
+    whole_id = json.loads((repo / "whole/metrics/cnn-tiny-0.json").read_text())["mlflow_run_id"]
     new = client.get_run(new_id)
     old = client.get_run(new.data.tags["resumed_from_run"])
     assert (old.info.status, new.info.status) == ("FAILED", "FINISHED")
@@ -159,7 +159,10 @@ def test_changed_params_or_code_never_resume_a_stale_state(tmp_path: Path) -> No
     data.write_bytes(b"other images")
     assert resume.state_key(params, info, [data]) != key
     code = resume.loaded_code()
-    assert ROOT / "src/dogbreeds/engine.py" in code and ROOT / "src/dogbreeds/resume.py" in code
+    assert (
+        ROOT / "src/dogbreeds/training/loop.py" in code
+        and ROOT / "src/dogbreeds/training/resume.py" in code
+    )
 
 
 def test_every_random_stream_comes_back(tmp_path: Path) -> None:

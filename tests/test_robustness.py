@@ -6,9 +6,9 @@ import pytest
 import torch
 from datagen import tiny_params
 
-from dogbreeds import robustness
-from dogbreeds.deform import build_deformation, deform_image, image_seed
-from dogbreeds.prepared import load_split, robustness_file
+from dogbreeds.data import robustness
+from dogbreeds.data.deformations import build_deformation, deform_image, image_seed
+from dogbreeds.data.prepared import load_split, robustness_file
 
 DEFORM = tiny_params().deform
 

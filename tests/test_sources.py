@@ -24,11 +24,11 @@ from datagen import (
     write_zip,
 )
 
-from dogbreeds import sources
-from dogbreeds.merge import perceptual_hash
+from dogbreeds.data import sources
+from dogbreeds.data.merge import perceptual_hash
+from dogbreeds.data.sources import SourceError, download_sources, fetch_source
+from dogbreeds.data.synthetic import synthetic_image
 from dogbreeds.params import SourceParams
-from dogbreeds.sources import SourceError, download_sources, fetch_source
-from dogbreeds.synthetic import synthetic_image
 
 STANFORD_WRITTEN = {
     f"{STANFORD_CHIHUAHUA}/{name}"

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from datagen import params_with
 
-from dogbreeds.split import SplitError, assign_splits, split_manifest
+from dogbreeds.data.split import SplitError, assign_splits, split_manifest
 
 BREEDS = params_with().data.breeds
 

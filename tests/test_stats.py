@@ -7,7 +7,7 @@ import math
 import pytest
 from scipy import stats as scipy_stats
 
-from dogbreeds import stats
+from dogbreeds.analysis import stats
 
 
 def test_t_interval_matches_the_textbook_formula():

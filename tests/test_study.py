@@ -24,8 +24,8 @@ CELLS = {f"{arch}-{schedule}" for arch in ARCHS for schedule in SCHEDULES}
 
 
 def runs_of(seed: int, cells=CELLS) -> set[str]:
-    """MLflow run names of one seed: cnn-s20_14_6-seed0, ..."""
-    return {f"{c}-seed{seed}" for c in cells}
+    """MLflow run names of one seed: cnn-s20_14_6-0, ..."""
+    return {f"{c}-{seed}" for c in cells}
 
 
 def stages_of(seed: int, cells=CELLS, kinds=("train", "evaluate")) -> set[str]:
@@ -82,7 +82,7 @@ def test_study_reruns_only_what_changed_and_tracks_every_run(project: Path):
     assert (project / "metrics/figures/robustness.png").exists()
     offsets = project / "metrics/offsets"
     assert {p.name for p in offsets.glob("*.png")} == {
-        f"offsets-deformable-{s}-seed0.png" for s in SCHEDULES
+        f"offsets-deformable-{s}-0.png" for s in SCHEDULES
     }
     assert "## Robustness curves" in report and "## Learned offsets" in report
     assert "with one seed per cell there is no interval" in report
@@ -149,9 +149,9 @@ def test_study_reruns_only_what_changed_and_tracks_every_run(project: Path):
     )
     assert ran(experiment) == stages_of(0, {"cnn-s20_14_6"}) | {"offsets", "report"}
     from_exp = [r for r in tracked_runs(project) if r.data.tags.get("dvc_exp_name") == "cool-cnn"]
-    assert [r.info.run_name for r in from_exp] == ["cnn-s20_14_6-seed0"]
+    assert [r.info.run_name for r in from_exp] == ["cnn-s20_14_6-0"]
     assert "test_acc" in from_exp[0].data.metrics  # the evaluation found the training's run
     artifacts = project / "mlartifacts" / from_exp[0].info.run_id / "artifacts"
-    assert (artifacts / "cnn-s20_14_6-seed0-confusion.png").exists()  # survived the temporary copy
+    assert (artifacts / "cnn-s20_14_6-0-confusion.png").exists()  # survived the temporary copy
     shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], project).stdout
     assert "cool-cnn" in shown

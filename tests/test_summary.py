@@ -1,9 +1,9 @@
-"""`python -m dogbreeds.summary`: the params/MACs table."""
+"""`python -m dogbreeds summary`: the params/MACs table."""
 
 from __future__ import annotations
 
-from dogbreeds.models import build_model, count_params
-from dogbreeds.summary import main
+from dogbreeds.commands.summary import main
+from dogbreeds.nets.models import build_model, count_params
 
 
 def test_summary_command_prints_a_table(capsys):

@@ -41,8 +41,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.team]
 
 ARCHS = ("cnn", "dsc", "deformable")
 SCHEDULES = ("s20_14_6", "s50_7_3", "s50_14_6")
-RUN_NAMES = {f"{arch}-{schedule}-seed0" for arch in ARCHS for schedule in SCHEDULES}  # seeds [0]
-# The DVC matrix names a stage by its values: train@cnn-s20_14_6-0 trains run cnn-s20_14_6-seed0.
+RUN_NAMES = {f"{arch}-{schedule}-0" for arch in ARCHS for schedule in SCHEDULES}  # seeds [0]
+# The DVC matrix names a stage by its values: train@cnn-s20_14_6-0 trains run cnn-s20_14_6-0.
 STAGE_NAMES = {name: "train@" + name.replace("-seed", "-") for name in RUN_NAMES}
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 # A database password that must never leave the server's environment.
@@ -206,7 +206,7 @@ def test_each_net_has_a_champion_and_it_answers_over_rest(team: Team):
     # the predict command reads the same champion and agrees with the served model
     (team.base / "dog.png").write_bytes(images[0])
     predicted = run(
-        [str(BIN / "python"), "-m", "dogbreeds.predict", str(team.base / "dog.png"),
+        [str(BIN / "python"), "-m", "dogbreeds", "predict", str(team.base / "dog.png"),
          "--model", uri],
         team.repo, env={"MLFLOW_TRACKING_URI": team.server.url, "PYTHONPATH": "src"},
     ).stdout  # fmt: skip
@@ -291,9 +291,9 @@ def test_the_ui_shows_the_training_runs_and_a_val_acc_chart(team: Team, tmp_path
 
 
 def tracking_ui_url(server: str, experiment_id: str) -> str:
-    from dogbreeds import tracking
+    from dogbreeds.tracking import store
 
-    return tracking.ui_url(server, experiment_id)
+    return store.ui_url(server, experiment_id)
 
 
 # ----------------------------------------------------------------------------- DVC remotes
@@ -390,10 +390,10 @@ def test_an_experiment_travels_through_git_and_dvc_remotes(team: Team):
     run(["dvc", "exp", "apply", "cool-cnn"], clone)
     run(["dvc", "pull"], clone)
     assert UP_TO_DATE in run(["dvc", "status"], clone).stdout
-    model = clone / "models" / "cnn-s20_14_6-seed0.pt"
+    model = clone / "models" / "cnn-s20_14_6-0.pt"
     assert model.is_file()
-    assert md5(model) == dvc_lock_md5(clone, "models/cnn-s20_14_6-seed0.pt")  # the experiment's
-    assert md5(model) != dvc_lock_md5(repo, "models/cnn-s20_14_6-seed0.pt")  # not the study's
+    assert md5(model) == dvc_lock_md5(clone, "models/cnn-s20_14_6-0.pt")  # the experiment's
+    assert md5(model) != dvc_lock_md5(repo, "models/cnn-s20_14_6-0.pt")  # not the study's
     repro = run(["dvc", "repro"], clone)
     assert "Running stage" not in repro.stdout + repro.stderr  # nothing to train
 

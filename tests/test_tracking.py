@@ -12,7 +12,8 @@ import threading
 import pytest
 from conftest import ROOT
 
-from dogbreeds import tracking
+from dogbreeds.tracking import runs as tracking
+from dogbreeds.tracking import store
 
 
 @pytest.fixture(autouse=True)
@@ -25,8 +26,8 @@ def test_store_is_at_the_dvc_repo_root_above_cwd(tmp_path, monkeypatch):
     (tmp_path / ".dvc").mkdir()
     (tmp_path / "stages").mkdir()
     monkeypatch.chdir(tmp_path / "stages")
-    assert tracking.store_root() == tmp_path
-    assert tracking.tracking_uri(tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert store.store_root() == tmp_path
+    assert store.tracking_uri(tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
 
 
 def test_dvc_root_wins_so_temp_copies_log_to_the_main_repo(tmp_path, monkeypatch):
@@ -35,20 +36,20 @@ def test_dvc_root_wins_so_temp_copies_log_to_the_main_repo(tmp_path, monkeypatch
     (copy / ".dvc").mkdir()
     monkeypatch.chdir(copy)
     monkeypatch.setenv("DVC_ROOT", str(main))
-    assert tracking.store_root() == main
+    assert store.store_root() == main
 
 
 def test_mlflow_tracking_uri_overrides_the_sqlite_file(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
-    assert tracking.tracking_uri(tmp_path) == "http://mlflow.example:5000"
+    assert store.tracking_uri(tmp_path) == "http://mlflow.example:5000"
 
 
 def test_experiment_keeps_its_artifacts_under_the_root(tmp_path):
-    client, experiment_id = tracking.open_experiment(tmp_path)
+    client, experiment_id = store.open_experiment(tmp_path)
     experiment = client.get_experiment(experiment_id)
-    assert experiment.name == tracking.EXPERIMENT
+    assert experiment.name == store.EXPERIMENT
     assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()
-    assert tracking.open_experiment(tmp_path)[1] == experiment_id  # found, not created again
+    assert store.open_experiment(tmp_path)[1] == experiment_id  # found, not created again
 
 
 def test_a_run_logs_params_steps_tags_and_artifacts(tmp_path, monkeypatch):
@@ -86,7 +87,8 @@ def test_two_processes_creating_the_store_at_once_both_succeed(tmp_path):
     script = textwrap.dedent("""
         import sys, time
         from pathlib import Path
-        from dogbreeds import tracking  # the slow part: importing mlflow
+        from dogbreeds.tracking import store
+        from dogbreeds.tracking import runs as tracking  # the slow part: importing mlflow
         root, me = Path(sys.argv[1]), sys.argv[2]
         (root / f"ready-{me}").touch()
         while len(list(root.glob("ready-*"))) < 2:  # a barrier: go together
@@ -103,7 +105,7 @@ def test_two_processes_creating_the_store_at_once_both_succeed(tmp_path):
     outputs = [racer.communicate(timeout=120) for racer in racers]
 
     assert [racer.returncode for racer in racers] == [0, 0], outputs
-    client, experiment_id = tracking.open_experiment(tmp_path)
+    client, experiment_id = store.open_experiment(tmp_path)
     assert len(client.search_experiments()) == 2  # "Default" and ours, created once
     runs = client.search_runs([experiment_id])
     assert sorted(r.info.run_id for r in runs) == sorted(out.strip() for out, _ in outputs)
@@ -115,9 +117,10 @@ def test_four_writers_at_once_lose_nothing(tmp_path):
     script = textwrap.dedent("""
         import sys, time
         from pathlib import Path
-        from dogbreeds import tracking
+        from dogbreeds.tracking import store
+        from dogbreeds.tracking import runs as tracking
         root, me = Path(sys.argv[1]), sys.argv[2]
-        client, _ = tracking.open_experiment(root)
+        client, _ = store.open_experiment(root)
         (root / f"ready-{me}").touch()
         while len(list(root.glob("ready-*"))) < 4:
             time.sleep(0.001)
@@ -128,7 +131,7 @@ def test_four_writers_at_once_lose_nothing(tmp_path):
     """)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     env.pop("MLFLOW_TRACKING_URI", None)
-    tracking.open_experiment(tmp_path)  # the store exists: this test is about writes
+    store.open_experiment(tmp_path)  # the store exists: this test is about writes
     writers = [
         subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(i)], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -138,7 +141,7 @@ def test_four_writers_at_once_lose_nothing(tmp_path):
 
     assert [writer.returncode for writer in writers] == [0] * 4, outputs
     assert not [err for _, err in outputs if "database is locked" in err]
-    client, experiment_id = tracking.open_experiment(tmp_path)
+    client, experiment_id = store.open_experiment(tmp_path)
     runs = client.search_runs([experiment_id])
     assert sorted(r.info.run_name for r in runs) == [f"writer-{i}" for i in range(4)]
     for r in runs:
@@ -157,9 +160,9 @@ def test_a_locked_store_is_retried_with_backoff_and_other_errors_are_not(monkeyp
             raise RuntimeError("(sqlite3.OperationalError) database is locked")
         return "written"
 
-    assert tracking.write("http://server", flaky, "test") == "written" and len(calls) == 3
+    assert store.write("http://server", flaky, "test") == "written" and len(calls) == 3
     with pytest.raises(ValueError, match="other"):
-        tracking.write("http://server", lambda: (_ for _ in ()).throw(ValueError("other")), "x")
+        store.write("http://server", lambda: (_ for _ in ()).throw(ValueError("other")), "x")
 
 
 def test_no_credential_reaches_params_tags_or_logs(tmp_path, monkeypatch, caplog):
@@ -169,7 +172,7 @@ def test_no_credential_reaches_params_tags_or_logs(tmp_path, monkeypatch, caplog
     with tracking.training_run("secrets", {"source": secret_url}, tmp_path) as run:
         run.log_params({"data": {"stanford": {"url": secret_url}, "note": f"key {token}"}})
         run.set_tags({"echo": f"token={token}"})
-    client, _ = tracking.open_experiment(tmp_path)
+    client, _ = store.open_experiment(tmp_path)
     stored = client.get_run(run.run_id).data
     values = [*stored.params.values(), *stored.tags.values(), caplog.text]
     assert not [v for v in values if token in v or "hunter2pw" in v]
@@ -194,5 +197,5 @@ def test_a_lock_held_longer_than_sqlites_busy_timeout_is_waited_out(tmp_path, ca
         release.join()
         db.close()
     assert "MLflow store busy (metrics, try 1)" in caplog.text
-    client, _ = tracking.open_experiment(tmp_path)
+    client, _ = store.open_experiment(tmp_path)
     assert client.get_run(run.run_id).data.metrics["val_acc"] == 0.5

@@ -14,13 +14,13 @@ import torch
 from conftest import ROOT
 from datagen import tiny_params
 
-from dogbreeds import tracking
-from dogbreeds import train as training
-from dogbreeds.checkpoint import load_checkpoint, save_checkpoint
-from dogbreeds.history import COLUMNS, read_history
-from dogbreeds.models import build_model, offset_parameters
+from dogbreeds.data.prepared import PreparedDataError
+from dogbreeds.nets.models import build_model, offset_parameters
 from dogbreeds.params import Params
-from dogbreeds.prepared import PreparedDataError
+from dogbreeds.pipeline import train as training
+from dogbreeds.tracking import store
+from dogbreeds.training.checkpoint import load_checkpoint, save_checkpoint
+from dogbreeds.training.history import COLUMNS, read_history
 
 # ----------------------------------------------------------------------------- the stage
 
@@ -53,41 +53,41 @@ def test_same_params_give_the_same_metrics_on_cpu(prepared, in_repo):
     first = run_stage_in(in_repo, params, "a")
     second = run_stage_in(in_repo, params, "b")
 
-    history_a = (in_repo / "a/metrics/deformable-tiny-seed0.tsv").read_text()
-    assert history_a == (in_repo / "b/metrics/deformable-tiny-seed0.tsv").read_text()
+    history_a = (in_repo / "a/metrics/deformable-tiny-0.tsv").read_text()
+    assert history_a == (in_repo / "b/metrics/deformable-tiny-0.tsv").read_text()
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "epochs"):
         assert first[key] == second[key]
-    weights_a = torch.load(in_repo / "a/models/deformable-tiny-seed0.pt", weights_only=True)
-    weights_b = torch.load(in_repo / "b/models/deformable-tiny-seed0.pt", weights_only=True)
+    weights_a = torch.load(in_repo / "a/models/deformable-tiny-0.pt", weights_only=True)
+    weights_b = torch.load(in_repo / "b/models/deformable-tiny-0.pt", weights_only=True)
     for key, value in weights_a["state_dict"].items():
         assert torch.equal(value, weights_b["state_dict"][key]), key
     assert first["mlflow_run_id"] != second["mlflow_run_id"]  # one MLflow run per training
 
     other = run_stage_in(in_repo, params, "c", seed=1)
     assert other["train_loss"] != first["train_loss"]
-    assert (in_repo / "c/models/deformable-tiny-seed1.pt").exists()
-    run = tracking.open_experiment(in_repo)[0].get_run(other["mlflow_run_id"])
-    assert run.info.run_name == "deformable-tiny-seed1" and run.data.tags["seed"] == "1"
+    assert (in_repo / "c/models/deformable-tiny-1.pt").exists()
+    run = store.open_experiment(in_repo)[0].get_run(other["mlflow_run_id"])
+    assert run.info.run_name == "deformable-tiny-1" and run.data.tags["seed"] == "1"
     assert run.data.params["train.seed"] == "1" and run.data.params["run.seed"] == "1"
 
 
 def test_training_writes_checkpoint_history_and_metrics(prepared, in_repo):
     summary = run_stage_in(in_repo, tiny_params(), "out")
 
-    metrics = json.loads((in_repo / "out/metrics/deformable-tiny-seed0.json").read_text())
+    metrics = json.loads((in_repo / "out/metrics/deformable-tiny-0.json").read_text())
     assert metrics == summary
     assert metrics["epochs"] == 3 and metrics["device"] == "cpu"
     assert 0 <= metrics["train_acc"] <= 1 and math.isfinite(metrics["val_loss"])
-    rows = (in_repo / "out/metrics/deformable-tiny-seed0.tsv").read_text().splitlines()
+    rows = (in_repo / "out/metrics/deformable-tiny-0.tsv").read_text().splitlines()
     assert rows[0].split("\t") == list(COLUMNS)
     assert [row.split("\t")[:2] for row in rows[1:]] == [["1", "1"], ["2", "2"], ["3", "3"]]
 
-    blob = torch.load(in_repo / "out/models/deformable-tiny-seed0.pt", weights_only=True)
+    blob = torch.load(in_repo / "out/models/deformable-tiny-0.pt", weights_only=True)
     assert blob["arch"] == "deformable" and blob["schedule"] == "tiny"
     assert blob["width_mult"] == 0.25 and blob["resolution"] == 16
     assert len(blob["breeds"]) == 7 and len(blob["mean"]) == len(blob["std"]) == 3
     assert [r["val_acc"] for r in blob["history"]] == pytest.approx(
-        [r.val_acc for r in read_history(in_repo / "out/metrics/deformable-tiny-seed0.tsv")],
+        [r.val_acc for r in read_history(in_repo / "out/metrics/deformable-tiny-0.tsv")],
         abs=1e-6,
     )
     assert not list((in_repo / "out").rglob(".*"))  # no temporaries left behind

@@ -19,7 +19,12 @@ import torch
 from test_deformconv import shifted_ramp_error
 from torch import nn
 
-from dogbreeds.deformconv import ColumnDeformConv, DeformConv, GatherSampler, triton_interpreted
+from dogbreeds.ops.deform_conv import (
+    ColumnDeformConv,
+    DeformConv,
+    GatherSampler,
+    triton_interpreted,
+)
 
 HERE = Path(__file__).parent
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -44,7 +49,7 @@ def test_kernels_under_the_interpreter():
 
 def sampled(x, offset, K=3, dtype=None):
     """(columns, saved) from the Triton kernels, with x and offset on DEVICE."""
-    from dogbreeds import triton_kernels
+    from dogbreeds.ops import triton_kernels
 
     x, offset = x.to(DEVICE), offset.to(DEVICE)
     return triton_kernels.deform_im2col(x, offset, K, dtype or x.dtype), (x, offset)
@@ -54,7 +59,7 @@ def sampled(x, offset, K=3, dtype=None):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
 def test_triton_columns_and_gradients_match_gather_in_float64(layout):
     """Columns, grad x and grad offset equal gather's to 1e-12, whatever the input's strides."""
-    from dogbreeds import triton_kernels
+    from dogbreeds.ops import triton_kernels
 
     torch.manual_seed(0)
     B, C, H, W = 2, 5, 6, 7
@@ -120,7 +125,7 @@ def test_triton_half_columns_are_float32_columns_rounded_once(dtype):
     else:  # the interpreter (numpy has no bf16) truncates to bf16 instead of rounding
         ulp = full.to(dtype).float().abs() * 2.0**-7
         assert ((half.float() - full.to(dtype).float()).abs() <= ulp).all()
-    from dogbreeds import triton_kernels
+    from dogbreeds.ops import triton_kernels
 
     grad = torch.randn(full.shape).to(dtype).to(DEVICE)
     for a, b in zip(
@@ -161,7 +166,7 @@ def test_triton_subpixel_offsets_survive_autocast(dtype):
 @runs_triton
 def test_triton_net_trains_like_gather():
     """A deformable net's loss gradient through 3 triton DeformConvs equals gather's (float64)."""
-    from dogbreeds.models import build_model, offset_parameters
+    from dogbreeds.nets.models import build_model, offset_parameters
 
     torch.manual_seed(0)
     nets = {b: build_model("deformable", width_mult=0.25, deform_backend=b) for b in ("gather",

@@ -434,8 +434,12 @@ class RunSelectionError(ParamsError):
 
 
 def run_name(arch: str, schedule: str, seed: int) -> str:
-    """The name of one trained net in file names, DVC plots and MLflow: cnn-s20_14_6-seed0."""
-    return f"{arch}-{schedule}-seed{seed}"
+    """The name of one trained net everywhere: files, MLflow, and the DVC stage (train@<name>).
+
+    DVC names a matrix stage by its values joined with "-" (train@cnn-s20_14_6-0), so the run
+    is spelt the same way, seed last.
+    """
+    return f"{arch}-{schedule}-{seed}"
 
 
 def for_seed(train: TrainParams, seed: int) -> TrainParams:

@@ -1,0 +1,418 @@
+"""The report: the paper's results beside ours over seeds, paired comparisons, and answers.
+
+`run_report` (called by `stages/report.py`) reads the train and eval outputs of every
+(arch, schedule, seed) listed in params and writes `metrics/report.md`, the small headline
+metrics file `metrics/headline.json` that `dvc metrics show` / `dvc exp show` compare, and
+accuracy curves under `metrics/figures/`, like the report's Figures 1-3. The paper's numbers are in
+`analysis.paper`, the runs' outputs are read by `analysis.results`, the paired tests are in
+`analysis.comparisons` and the statistics in `analysis.stats`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from dogbreeds.analysis.comparisons import CURVE, answer, compare, mcnemar_table, pairs_table
+from dogbreeds.analysis.paper import (
+    NET_NAMES,
+    PAPER_PARAMS,
+    PAPER_RESOLUTION,
+    PAPER_RESULTS,
+    ROWS,
+    paper_column,
+    schedule_label,
+)
+from dogbreeds.analysis.plots import plot_accuracy, plot_confusion, plot_robustness
+from dogbreeds.analysis.results import (
+    ReportError,
+    RunResult,
+    cell,
+    drop,
+    fmt_interval,
+    load_results,
+    read_json,
+)
+from dogbreeds.analysis.stats import Interval, paired_difference, t_interval
+from dogbreeds.common.fs import atomic_path, write_json
+from dogbreeds.params import Params, run_name
+
+
+def results_table(runs: list[RunResult]) -> str:
+    """One net's results, rows = (metric, schedule): paper, our mean and 95% CI over seeds, the
+    per-seed values, and whether the paper's number lies inside our CI."""
+    lines = [
+        "| metric | schedule | paper | ours: mean [95% CI] | per seed | paper in CI |",
+        "|---|---|---:|---:|---|:---:|",
+    ]
+    schedules = list(dict.fromkeys(r.schedule.name for r in runs))
+    for row in ROWS:
+        for name in schedules:
+            seeds = [r for r in runs if r.schedule.name == name]
+            values = [r.value(row) for r in seeds]
+            interval = t_interval(values)
+            column = paper_column(seeds[0].schedule)
+            label = f"{name} ({schedule_label(seeds[0].schedule)})"
+            if column is None:
+                paper, inside = "-", "-"
+            else:
+                number = PAPER_RESULTS[seeds[0].arch][row][column]
+                contains = interval.contains(number)
+                paper = f"{number:.4f}"
+                inside = "-" if contains is None else ("yes" if contains else "no")
+            per_seed = ", ".join(f"{v:.4f}" for v in values)
+            lines.append(
+                f"| {row} | {label} | {paper} | {fmt_interval(interval)} | {per_seed} | {inside} |"
+            )
+    return "\n".join(lines)
+
+
+def size_table(runs: list[RunResult], archs: list[str]) -> str:
+    """Params and MACs of each net as its train stage counted them, beside the appendix's
+    params. Read from metrics/train/<run>.json, so the report builds no net."""
+    first = {arch: cell_of_arch(runs, arch) for arch in archs}
+    width_mult = first[archs[0]].train.get("width_mult", 1.0)
+    resolution = first[archs[0]].train.get("resolution")
+    lines = [
+        f"| net | params (α={width_mult:g}) | MACs ({resolution}×{resolution}) "
+        f"| paper params (α=1, {PAPER_RESOLUTION}×{PAPER_RESOLUTION}) |",
+        "|---|---:|---:|---:|",
+    ]
+    for arch, run in first.items():
+        missing = [key for key in ("params", "macs") if key not in run.train]
+        if missing:
+            raise ReportError(
+                f"metrics/train/{run.name}.json lacks {', '.join(missing)}: it was written by an "
+                "older train stage; rerun it (dvc repro --force train@" + run.name + ")"
+            )
+        lines.append(
+            f"| {NET_NAMES[arch]} | {run.train['params']:,} | {run.train['macs'] / 1e6:,.1f} M "
+            f"| {PAPER_PARAMS[arch]:,} |"
+        )
+    return "\n".join(lines)
+
+
+def cell_of_arch(runs: list[RunResult], arch: str) -> RunResult:
+    """The first run of `arch` (all its runs share alpha and resolution: one params file)."""
+    return next(run for run in runs if run.arch == arch)
+
+
+def robustness_table(params: Params, runs: list[RunResult]) -> str:
+    """Clean and deformed test accuracy and their difference, mean [95% CI] over seeds."""
+    lines = [
+        "| net | schedule | clean test acc | deformed test acc | Δ (deformed − clean) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for arch in params.train.archs:
+        for schedule in params.train.schedules:
+            seeds = cell(runs, arch, schedule)
+            clean = t_interval([r.eval["clean_test_acc"] for r in seeds])
+            deformed = t_interval([r.eval["test_acc"] for r in seeds])
+            delta = t_interval([drop(r) for r in seeds])
+            lines.append(
+                f"| {arch} | {schedule} | {fmt_interval(clean)} | {fmt_interval(deformed)} "
+                f"| {fmt_interval(delta, signed=True)} |"
+            )
+    return "\n".join(lines)
+
+
+ROBUSTNESS_COLUMNS = ("schedule", "kind", "arch", "strength", "mean", "low", "high", "n", "seeds")
+
+
+def robustness_curves(params: Params, runs: list[RunResult]) -> list[dict]:
+    """Mean test accuracy and 95% CI over seeds per (schedule, kind, arch, strength): the rows
+    of metrics/robustness.tsv (a DVC plot) and of the robustness figure."""
+    rows = []
+    for schedule in params.train.schedules:
+        for kind in params.robustness.kinds:
+            for arch in params.train.archs:
+                seeds = cell(runs, arch, schedule)
+                for strength in params.robustness.strengths:
+                    key = f"{strength:g}"
+                    try:
+                        values = [r.robustness[kind][key] for r in seeds]
+                    except KeyError:
+                        raise ReportError(
+                            f"metrics/eval/{seeds[0].name}-robustness.json: no {kind} at "
+                            f"strength {key} (rerun the evaluate stages: dvc repro)"
+                        ) from None
+                    interval = t_interval(values)
+                    rows.append(
+                        {
+                            "schedule": schedule,
+                            "kind": kind,
+                            "arch": arch,
+                            "strength": strength,
+                            "mean": interval.mean,
+                            "low": interval.low,
+                            "high": interval.high,
+                            "n": interval.n,
+                            "seeds": ", ".join(f"{v:.4f}" for v in values),
+                        }
+                    )
+    return rows
+
+
+def robustness_curves_table(rows: list[dict], strengths: tuple[float, ...] = (1.0, 2.0)) -> str:
+    """Test accuracy per net, schedule and kind at the study's strength (1) and twice it."""
+    shown = [s for s in strengths if any(r["strength"] == s for r in rows)]
+    lines = [
+        "| net | schedule | kind | "
+        + " | ".join(f"strength {s:g}: mean [95% CI]" for s in shown)
+        + " |",
+        "|---|---|---|" + "---:|" * len(shown),
+    ]
+    keys = list(dict.fromkeys((r["arch"], r["schedule"], r["kind"]) for r in rows))
+    for arch, schedule, kind in sorted(keys, key=lambda k: (k[1], k[2])):
+        cells = []
+        for strength in shown:
+            (row,) = [
+                r
+                for r in rows
+                if (r["arch"], r["schedule"], r["kind"], r["strength"])
+                == (arch, schedule, kind, strength)
+            ]
+            cells.append(fmt_interval(Interval(row["mean"], row["low"], row["high"], row["n"])))
+        lines.append(f"| {arch} | {schedule} | {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_tsv(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, columns, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def offsets_table(params: Params, offsets: dict) -> tuple[str, str]:
+    """Mean |offset| per DeformConv layer of the deformable nets, clean vs deformed, mean [95%
+    CI] over seeds with the paired difference; and one sentence: do offsets grow on deformed
+    images? (metrics/offsets/offsets.json, from the offsets stage)."""
+    lines = [
+        "| schedule | layer | clean: mean [95% CI] | deformed: mean [95% CI] | deformed − clean |",
+        "|---|---|---:|---:|---:|",
+    ]
+    grow = shrink = total = 0
+    for schedule in params.train.schedules:
+        names = [run_name("deformable", schedule, seed) for seed in params.train.seeds]
+        runs = [offsets[name] for name in names if name in offsets]
+        if not runs:
+            continue
+        for layer in runs[0]:
+            clean = [r[layer]["clean"] for r in runs]
+            deformed = [r[layer]["deformed"] for r in runs]
+            diff = paired_difference(deformed, clean)
+            total += 1
+            grow += diff.low > 0
+            shrink += diff.high < 0
+            lines.append(
+                f"| {schedule} | {layer} | {fmt_interval(t_interval(clean))} "
+                f"| {fmt_interval(t_interval(deformed))} | {fmt_interval(diff, signed=True)} |"
+            )
+    if total == 0:
+        return "", "No deformable net in params train.archs: no offsets to show."
+    if len(params.train.seeds) < 2:
+        verdict = "The data cannot decide: with one seed per cell there is no interval."
+    else:
+        verdict = (
+            f"They grow on deformed images in {grow}, shrink in {shrink} and are undecided in "
+            f"{total - grow - shrink} of {total} (schedule, layer) cells (paired 95% CIs)."
+        )
+    return "\n".join(lines), f"**Do offsets grow on deformed images?** {verdict}"
+
+
+def headline(params: Params, runs: list[RunResult]) -> dict:
+    """metrics/headline.json: per net and schedule, means over seeds of the deformed and clean
+    test accuracy, the last epoch's val accuracy and the training wall time; all that
+    `dvc metrics show`, `dvc exp show` and `dogbreeds.commands.compare` need to compare experiments."""
+
+    def mean(values: list[float], digits: int) -> float:
+        return round(t_interval(values).mean, digits)
+
+    return {
+        arch: {
+            schedule: {
+                "test_acc": mean([r.eval["test_acc"] for r in seeds], 4),
+                "clean_test_acc": mean([r.eval["clean_test_acc"] for r in seeds], 4),
+                "val_acc": mean([r.train["val_acc"] for r in seeds], 4),
+                "wall_time_s": mean([r.train["wall_time_s"] for r in seeds], 1),
+            }
+            for schedule in params.train.schedules
+            for seeds in [cell(runs, arch, schedule)]
+        }
+        for arch in params.train.archs
+    }
+
+
+def timing_table(params: Params, runs: list[RunResult]) -> str:
+    """Training wall time per (net, schedule), mean over seeds, and where it ran."""
+    lines = [
+        "| net | schedule | device | epochs | mean wall time (min) |",
+        "|---|---|---|---:|---:|",
+    ]
+    for arch in params.train.archs:
+        for schedule in params.train.schedules:
+            seeds = cell(runs, arch, schedule)
+            minutes = math.fsum(r.train["wall_time_s"] for r in seeds) / len(seeds) / 60
+            devices = ", ".join(sorted({r.train["device"] for r in seeds}))
+            epochs = seeds[0].train["epochs"]
+            lines.append(f"| {arch} | {schedule} | {devices} | {epochs} | {minutes:.1f} |")
+    return "\n".join(lines)
+
+
+def figure_name(run: RunResult) -> str:
+    return f"{run.name}-accuracy.png"
+
+
+def confusion_name(run: RunResult) -> str:
+    return f"{run.name}-confusion.png"
+
+
+def render_report(params: Params, runs: list[RunResult], curves: list[dict], offsets: dict) -> str:
+    """The Markdown of metrics/report.md."""
+    offsets_md, offsets_answer = offsets_table(params, offsets)
+    model = params.model
+    test_images = runs[0].test_images if runs else 0
+    seeds = len(params.train.seeds)
+    comparisons = compare(params, runs)
+    curve_question = "And along the robustness curve (all kinds, every strength above 0)?"
+    curve_answer = (
+        ["- " + answer(curve_question, CURVE, comparisons, seeds)]
+        if comparisons and CURVE in comparisons[0].differences
+        else []
+    )
+    out = [
+        "# Results beside the paper",
+        "",
+        f"Our runs: resolution {model.resolution}×{model.resolution} "
+        f"(ρ = {model.resolution / PAPER_RESOLUTION:.3g}), width multiplier α = "
+        f"{model.width_mult:g}, batch size {params.train.batch_size}, Adam with weight decay "
+        f"{params.train.weight_decay:g}, gradient clipping {params.train.grad_clip:g}, seeds "
+        f"{', '.join(str(s) for s in params.train.seeds)} (one trained net per seed). The "
+        "paper trained one net per cell at 224×224, α = 1, max_lr 0.01/0.001/0.0001 for every "
+        "schedule.",
+        "",
+        "train_* are the last epoch's means over its (augmented) training batches; val_* and "
+        "test_* are scored on the randomly deformed validation and test sets, as in the paper "
+        f"({test_images} test images: one image moves test accuracy by "
+        f"{1 / max(test_images, 1):.4f}). Our numbers are the mean over seeds with a 95% "
+        "Student-t confidence interval; 'paper in CI' says whether the paper's single run "
+        "lies inside it.",
+        "",
+        "## The paper's two questions",
+        "",
+        "- "
+        + answer(
+            "Does the deformable net generalise better?", "clean test acc", comparisons, seeds
+        ),
+        "- " + answer("Does it resist deformation better?", "deformed − clean", comparisons, seeds),
+        *curve_answer,
+        "",
+        "Generalisation is read on the clean test images (unseen photos, no deformation); "
+        "resistance is the paired difference of what the deformations cost each net "
+        "(deformed − clean test accuracy), at the study's strength and averaged along the "
+        "robustness curve of all kinds. All compare nets trained from the same seeds.",
+    ]
+    for arch in params.train.archs:
+        arch_runs = [run for run in runs if run.arch == arch]
+        out += ["", f"## {NET_NAMES[arch]} (`{arch}`)", "", results_table(arch_runs), ""]
+        out += [f"![{run.name} accuracy](figures/{figure_name(run)})" for run in arch_runs]
+    out += [
+        "",
+        "## Clean vs deformed test accuracy",
+        "",
+        robustness_table(params, runs),
+        "",
+        "## Robustness curves",
+        "",
+        "Accuracy on the clean test images deformed by each kind alone (on every image) and by "
+        "all together (the study's pipeline), at strengths × the study's `deform` magnitudes: "
+        "0 is the clean test set, 1 with `all` the study's deformed test set. Bands are 95% CIs "
+        "over seeds; the numbers are in `metrics/robustness.tsv`.",
+        "",
+        "![robustness](figures/robustness.png)",
+        "",
+        robustness_curves_table(curves),
+        "",
+        "## Learned offsets",
+        "",
+        "Mean length in pixels of the DeformConv taps' (dy, dx) shifts over the test images, "
+        "per layer of the deformable nets. Figures: `offsets/offsets-<run>.png` (where each "
+        "layer samples for the centre pixel, clean and deformed).",
+        "",
+        offsets_md,
+        "",
+        offsets_answer,
+        "",
+        "## Pairs of nets: paired differences over seeds",
+        "",
+        pairs_table(comparisons),
+        "",
+        "## Pairs of nets: McNemar's exact test per seed",
+        "",
+        "Each test pairs two nets trained from the same seed on the same test images: "
+        "'only a right' counts the images net a classifies correctly and net b does not. "
+        "Under equal accuracy those discordant images split like fair coin flips.",
+        "",
+        mcnemar_table(comparisons),
+        "",
+        "Multiple comparisons: with many tests at 5%, about one in twenty comes out "
+        "'significant' by chance alone. The Holm column adjusts every p above for all tests of "
+        "this table together; the CIs above are per comparison (95% each), so read a single CI "
+        "that barely excludes 0 among many with caution.",
+        "",
+        "## Model size",
+        "",
+        size_table(runs, params.train.archs),
+        "",
+        "## Training time",
+        "",
+        timing_table(params, runs),
+        "",
+        "## Notes",
+        "",
+        f"- `model.deformable.offset_lr_mult` = {model.deformable.offset_lr_mult:g}: the "
+        "DeformConv offset convs "
+        "train at this fraction of the learning rate. The paper does not state this setting.",
+        "- Schedules that are not one of the paper's (other epochs or max_lr) show our numbers "
+        "only.",
+        "- CPU results repeat bit for bit on one machine, not across machines (a seed's worth of "
+        "difference): compare CIs, not single numbers.",
+        "- Paper numbers are transcribed from the report's tables 4.3.1-4.3.3 and appendix.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def run_report(params: Params, metrics_dir: Path = Path("metrics")) -> str:
+    """Write metrics/report.md, metrics/headline.json, metrics/robustness.tsv and
+    metrics/figures/*.png (accuracy curves per run, robustness.png); returns the Markdown."""
+    runs = load_results(params, metrics_dir)
+    curves = robustness_curves(params, runs)
+    with atomic_path(metrics_dir / "figures") as folder:
+        folder.mkdir()
+        plot_robustness(pd.DataFrame(curves), folder / "robustness.png")
+        for run in runs:
+            title = f"{NET_NAMES[run.arch]}, epochs {schedule_label(run.schedule)}, seed {run.seed}"
+            plot_accuracy(run.history, folder / figure_name(run), title)
+            confusion = run.eval.get("confusion")
+            if confusion is None:
+                raise ReportError(
+                    f"metrics/eval/{run.name}.json has no confusion matrix: rerun its "
+                    f"evaluation (dvc repro --force evaluate@{run.name})"
+                )
+            plot_confusion(
+                torch.tensor(confusion), list(run.eval["per_class_test_acc"]), folder / confusion_name(run),
+                f"{run.name}: deformed test, acc {run.eval['test_acc']:.4f}",
+            )  # fmt: skip
+    offsets = read_json(metrics_dir / "offsets" / "offsets.json")
+    markdown = render_report(params, runs, curves, offsets)
+    write_json(metrics_dir / "headline.json", headline(params, runs))
+    write_tsv(metrics_dir / "robustness.tsv", curves, ROBUSTNESS_COLUMNS)
+    with atomic_path(metrics_dir / "report.md") as tmp:
+        tmp.write_text(markdown)
+    return markdown

@@ -1,0 +1,2 @@
+"""Commands outside the DVC pipeline (`python -m dogbreeds <command>`): bench, compare, grid,
+predict, quickstudy, register, snapshot, summary."""

@@ -1,0 +1,189 @@
+"""`python -m dogbreeds bench`: training-step and evaluation throughput of every net.
+
+Times what training really runs (`training.loop.train_step`: autocast as in training, NLL loss,
+backward, gradient clipping, Adam step, one-cycle step; data already on the device, augmented
+there) and evaluation (`training.loop.predict`), per device x net x DeformConv backend x batch
+size x precision. Warm-up steps are excluded and the median of several repeats is reported.
+
+This is where `DEFAULT_BACKENDS` in ops/deform_conv.py and `CPU_AUTO_AMP` in training/devices.py
+come from: rerun it on new hardware to check them. It imports no DVC or MLflow, so it runs on a bare GPU box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from dogbreeds.data.preprocess import Normalize
+from dogbreeds.nets.models import MODELS, build_model
+from dogbreeds.ops.deform_conv import BACKENDS, runs_on
+from dogbreeds.params import AugmentParams
+from dogbreeds.training.batches import epoch_plan
+from dogbreeds.training.devices import AMP_DTYPES, configure_device, prepare_model
+from dogbreeds.training.loop import predict, train_step
+from dogbreeds.training.optim import make_optimizer
+
+
+@dataclass
+class Result:
+    device: str
+    net: str
+    backend: str  # DeformConv backend, "-" for nets without DeformConv
+    batch: int
+    amp: str  # off | bf16 | fp16
+    train_img_s: float
+    eval_img_s: float
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_rate(
+    step: Callable[[], None], images_per_call: int, device: torch.device, calls: int, repeats: int
+) -> float:
+    """Median over `repeats` of images/s of `calls` calls of `step` (after one warm-up repeat)."""
+    rates = []
+    for repeat in range(repeats + 1):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(calls):
+            step()
+        synchronize(device)
+        if repeat:  # the first repeat is warm-up: allocator, cuDNN autotuning, lazy init
+            rates.append(calls * images_per_call / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def bench_one(
+    net: str,
+    backend: str,
+    batch: int,
+    amp: str,
+    device: torch.device,
+    resolution: int,
+    steps: int,
+    repeats: int,
+) -> Result:
+    """Throughput of one configuration, on random uint8 data of the real shape."""
+    torch.manual_seed(0)
+    model = build_model(net, deform_backend=backend if backend != "-" else "auto")
+    model = prepare_model(model, device)
+    n = batch * 4
+    images = torch.randint(0, 256, (n, 3, resolution, resolution), dtype=torch.uint8)
+    images, labels = images.to(device), torch.randint(0, 7, (n,)).to(device)
+    normalize = Normalize([0.5] * 3, [0.25] * 3, device)
+    dtype = AMP_DTYPES[amp]
+    optimizer, peaks = make_optimizer(model, 1e-3, 1e-4, 0.1)
+    total = steps * (repeats + 1) + 1
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    augment = AugmentParams(hflip=True, crop_scale=0.8)
+    plan = epoch_plan(n, batch, torch.Generator().manual_seed(0), augment, device)
+    calls = iter(range(10**9))
+
+    def one_train_step() -> None:
+        batch_plan = plan[next(calls) % len(plan)]
+        train_step(
+            model, images, labels, batch_plan, normalize, optimizer, scheduler, scaler, 0.1, dtype
+        )
+
+    def eval_step() -> None:
+        predict(model, images[:batch], normalize, batch, dtype)
+
+    model.train()
+    train_rate = median_rate(one_train_step, batch, device, steps, repeats)
+    eval_rate = median_rate(eval_step, batch, device, steps, repeats)
+    return Result(str(device), net, backend, batch, amp, train_rate, eval_rate)
+
+
+def configurations(devices, batches, amps, backends):
+    """Every (device, net, backend, batch, amp) to time; the deformable net once per backend."""
+    for device in devices:
+        for batch in batches:
+            for amp in amps:
+                if amp == "fp16" and device.type == "cpu":
+                    continue  # CPU autocast has no fast fp16 path worth timing
+                for net in MODELS:
+                    for backend in backends if net == "deformable" else ["-"]:
+                        if backend != "-" and not runs_on(backend, device):
+                            continue  # fused is CPU-only, triton CUDA-only
+                        if backend == "torchvision" and amp != "off" and device.type == "cpu":
+                            continue  # no bf16 kernel: it upcasts, same as "off"
+                        yield device, net, backend, batch, amp
+
+
+def markdown(results: list[Result]) -> str:
+    """The results as a table, with each row's train throughput relative to the cnn's."""
+    cnn = {(r.device, r.batch, r.amp): r.train_img_s for r in results if r.net == "cnn"}
+    lines = [
+        "| device | batch | amp | net | DeformConv | train img/s | vs cnn | eval img/s |",
+        "|---|---:|---|---|---|---:|---:|---:|",
+    ]
+    for r in results:
+        base = cnn.get((r.device, r.batch, r.amp))
+        ratio = f"{r.train_img_s / base:.2f}x" if base else "-"
+        lines.append(
+            f"| {r.device} | {r.batch} | {r.amp} | {r.net} | {r.backend} "
+            f"| {r.train_img_s:,.0f} | {ratio} | {r.eval_img_s:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m dogbreeds bench", description=__doc__)
+    cuda = ["cuda"] if torch.cuda.is_available() else []
+    parser.add_argument("--device", nargs="+", default=["cpu", *cuda])
+    parser.add_argument("--resolution", type=int, default=64, help="input side (224 * rho)")
+    parser.add_argument("--batch", type=int, nargs="+", default=[32, 128])
+    parser.add_argument("--amp", nargs="+", default=["off", "bf16", "fp16"])
+    parser.add_argument(
+        "--backend", nargs="+", default=[b for b in BACKENDS if b != "auto"],
+        help="DeformConv backends to time",
+    )  # fmt: skip
+    parser.add_argument("--steps", type=int, default=10, help="steps per repeat")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, default=Path("bench"), help="writes OUT.json, OUT.md")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = [torch.device(d) for d in args.device]
+    for device in devices:
+        configure_device(device)
+    results = []
+    for config in configurations(devices, args.batch, args.amp, args.backend):
+        device, net, backend, batch, amp = config
+        result = bench_one(net, backend, batch, amp, device, args.resolution, args.steps,
+                           args.repeats)  # fmt: skip
+        print(f"{device} batch {batch} {amp} {net} {backend}: train {result.train_img_s:,.0f} "
+              f"img/s, eval {result.eval_img_s:,.0f} img/s", flush=True)  # fmt: skip
+        results.append(result)
+    table = markdown(results)
+    meta = {
+        "resolution": args.resolution,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"meta": meta, "results": [asdict(r) for r in results]}
+    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(table + "\n")
+    print()
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""`python -m dogbreeds quickstudy`: the train/evaluate part of the study in one process.
+
+For a bare GPU machine without DVC or MLflow (nothing here imports them): train every
+(arch, schedule) of params.yaml with the same engine the train stage uses, score the deformed
+and clean test sets, and print one table with accuracies, wall time and throughput. The
+DVC pipeline (`dvc repro`) remains the study of record; this is how its GPU speed was measured.
+
+`pack` turns `data/prepared/*.pt` into one small tar of JPEGs (quality 95) so the prepared
+224-pixel data can travel to such a machine; `run` accepts that tar or a prepared folder.
+JPEG is lossy: a packed run's accuracies are close to, not identical with, the pipeline's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dogbreeds.data.prepared import Split, load_split
+from dogbreeds.data.preprocess import Normalize, channel_stats
+from dogbreeds.nets.models import build_model
+from dogbreeds.ops.deform_conv import default_backend
+from dogbreeds.params import load_params
+from dogbreeds.training.batches import steps_per_epoch
+from dogbreeds.training.devices import (
+    AMP_DTYPES,
+    configure_device,
+    prepare_model,
+    resolve_amp,
+    resolve_device,
+    runtime,
+)
+from dogbreeds.training.loop import predict, score, train_model
+
+SPLITS = ("train", "val", "test", "test_clean")  # what training and the test scores need
+
+
+def pack(prepared: Path, out: Path, quality: int = 95) -> None:
+    """Write the splits as JPEGs plus one index.json (labels, ids, breeds) into a tar."""
+    index = {}
+    with tarfile.open(out, "w") as tar:
+        for name in SPLITS:
+            split = load_split(prepared / f"{name}.pt")
+            index[name] = {"labels": split.labels.tolist(), "ids": split.ids}
+            index["breeds"] = split.breeds
+            for i, image in enumerate(split.images):
+                buffer = io.BytesIO()
+                Image.fromarray(image.permute(1, 2, 0).numpy()).save(
+                    buffer, "JPEG", quality=quality
+                )
+                info = tarfile.TarInfo(f"{name}/{i:05d}.jpg")
+                info.size = buffer.tell()
+                buffer.seek(0)
+                tar.addfile(info, buffer)
+        blob = json.dumps(index).encode()
+        info = tarfile.TarInfo("index.json")
+        info.size = len(blob)
+        tar.addfile(info, io.BytesIO(blob))
+
+
+def unpack(path: Path) -> dict[str, Split]:
+    """The splits of a tar written by `pack`."""
+    with tarfile.open(path) as tar:
+        index = json.loads(tar.extractfile("index.json").read())
+        splits = {}
+        for name in SPLITS:
+            arrays = [
+                np.asarray(Image.open(tar.extractfile(f"{name}/{i:05d}.jpg")).convert("RGB"))
+                for i in range(len(index[name]["labels"]))
+            ]
+            images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+            labels = torch.tensor(index[name]["labels"])
+            splits[name] = Split(images, labels, index[name]["ids"], index["breeds"])
+    return splits
+
+
+def load(source: Path) -> dict[str, Split]:
+    if source.is_dir():
+        return {name: load_split(source / f"{name}.pt") for name in SPLITS}
+    return unpack(source)
+
+
+def run(source: Path, params_path: Path) -> list[dict]:
+    """Train and score every (arch, schedule) of params; one result dict per run."""
+    params = load_params(params_path)
+    device = resolve_device(params.train.device)
+    configure_device(device)
+    splits = load(source)
+    mean, std = channel_stats(splits["train"].images)
+    normalize = Normalize(mean, std, device)
+    splits = {name: split.to(device) for name, split in splits.items()}
+    results = []
+    for arch in params.train.archs:
+        for schedule in params.train.schedules.values():
+            amp = resolve_amp(params.train.amp, device, arch)
+            backend = params.model.deformable.backend
+            backend = default_backend(device) if backend == "auto" else backend
+            torch.manual_seed(params.train.seed)
+            model = build_model(
+                arch, num_classes=len(splits["train"].breeds),
+                width_mult=params.model.width_mult, deform_backend=backend,
+            )  # fmt: skip
+            model = prepare_model(model, device)
+            dtype = AMP_DTYPES[amp]
+            started = time.perf_counter()
+            history = train_model(
+                model, splits["train"], splits["val"], normalize, schedule, params.train,
+                params.model.deformable.offset_lr_mult, desc=f"{arch}-{schedule.name}",
+                dtype=dtype,
+            )  # fmt: skip
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            wall = time.perf_counter() - started
+            steps = steps_per_epoch(len(splits["train"].labels), params.train.batch_size)
+            result = {
+                "run": f"{arch}-{schedule.name}",
+                "train_acc": history[-1].train_acc,
+                "val_acc": history[-1].val_acc,
+                "wall_time_s": round(wall, 1),
+                "train_img_s": round(steps * sum(schedule.epochs) * params.train.batch_size / wall),
+                **runtime(device, amp, backend if arch == "deformable" else None),
+            }
+            for name, key in (("test", "test_acc"), ("test_clean", "clean_test_acc")):
+                split = splits[name]
+                log_probs = predict(model, split.images, normalize, params.train.batch_size, dtype)
+                result[key] = score(log_probs, split.labels)[1]
+            print(json.dumps(result), flush=True)
+            results.append(result)
+    return results
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| run | amp | train acc | val acc | test acc | clean test acc | wall s | train img/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['run']} | {r['amp']} | {r['train_acc']:.4f} | {r['val_acc']:.4f} "
+            f"| {r['test_acc']:.4f} | {r['clean_test_acc']:.4f} | {r['wall_time_s']:.1f} "
+            f"| {r['train_img_s']:,} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m dogbreeds quickstudy", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pack", help="data/prepared -> a tar of JPEGs")
+    p.add_argument("prepared", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality (lower: smaller tar)")
+    r = sub.add_parser("run", help="train and score every run of params.yaml")
+    r.add_argument("source", type=Path, help="a prepared folder or a tar from `pack`")
+    r.add_argument("--params", type=Path, default=Path("params.yaml"))
+    r.add_argument("--out", type=Path, default=None, help="also write OUT.json and OUT.md")
+    args = parser.parse_args(argv)
+    if args.command == "pack":
+        pack(args.prepared, args.out, args.quality)
+        return
+    started = time.perf_counter()
+    results = run(args.source, args.params)
+    total = time.perf_counter() - started
+    text = (
+        table(results)
+        + f"\n\nwhole run (loading, {len(results)} trainings, evaluation): {total:.0f} s\n"
+    )
+    print(text)
+    if args.out:
+        args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Stage functions that combine layers and write what DVC tracks: train, evaluate."""

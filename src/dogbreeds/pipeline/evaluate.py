@@ -1,0 +1,160 @@
+"""The evaluate stage: score one trained net, write what DVC tracks, log it to MLflow.
+
+The paper scores its nets on a randomly *deformed* test set; we score that one (the number
+beside the paper's) and the same images undeformed, so the cost of the deformations shows.
+`run_evaluation` is what `stages/evaluate.py` calls: it writes the scores as JSON (with the
+confusion matrix), every test image's predicted class (clean and deformed) as CSV for the
+report's paired tests, the accuracy on every robustness set (`dogbreeds.data.robustness`) as
+`<run>-robustness.json` and DVC's confusion-template JSON, and logs the test metrics into the
+MLflow run that trained the net. The scores themselves come from `dogbreeds.analysis.scores`.
+
+It draws no figure (the report stage draws the confusion matrices, so restyling a figure
+reruns no evaluation) and registers no model: choosing a champion is a deliberate step over all
+of a study's evaluations (`python -m dogbreeds register`), not a side effect of whichever
+evaluation happens to finish last.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from dogbreeds.analysis.scores import (
+    EvaluationError,
+    confusion_matrix,
+    confusion_records,
+    per_class_accuracy,
+    predict_split,
+    robustness_curves,
+)
+from dogbreeds.common.fs import atomic_path, write_json
+from dogbreeds.data.prepared import load_split
+from dogbreeds.data.preprocess import Normalize
+from dogbreeds.params import Params, run_name, select_run
+from dogbreeds.tracking import runs as tracking
+from dogbreeds.training.checkpoint import load_checkpoint
+from dogbreeds.training.devices import (
+    configure_device,
+    prepare_model,
+    resolve_amp,
+    resolve_device,
+)
+from dogbreeds.training.loop import score
+
+log = logging.getLogger(__name__)
+
+
+# Metric name prefix -> prepared split file: what the paper reports first.
+SPLITS = {"test": "test.pt", "clean_test": "test_clean.pt", "val": "val.pt"}
+
+
+PREDICTION_COLUMNS = ("id", "label", "test", "clean_test")  # label and predicted class indices
+
+
+def write_predictions(
+    path: Path, ids: list[str], labels: torch.Tensor, predicted: dict[str, torch.Tensor]
+) -> None:
+    """One row per test image: its id, its label and the class predicted on the deformed
+    (`test`) and clean (`clean_test`) image. Two nets' rows pair up by id for McNemar's test."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(PREDICTION_COLUMNS)
+        columns = [labels.tolist(), predicted["test"].tolist(), predicted["clean_test"].tolist()]
+        writer.writerows([image_id, *row] for image_id, *row in zip(ids, *columns, strict=True))
+
+
+def trained_run_id(train_metrics: Path) -> str:
+    """The MLflow run id that the train stage stored in its metrics JSON."""
+    try:
+        return json.loads(train_metrics.read_text())["mlflow_run_id"]
+    except (OSError, ValueError, KeyError):
+        raise EvaluationError(
+            f"{train_metrics}: no 'mlflow_run_id' (run the train stage first)"
+        ) from None
+
+
+def run_evaluation(
+    params: Params,
+    arch: str,
+    schedule_name: str,
+    seed: int,
+    prepared: Path = Path("data/prepared"),
+    models_dir: Path = Path("models"),
+    train_metrics_dir: Path = Path("metrics/train"),
+    metrics_dir: Path = Path("metrics/eval"),
+    robustness_dir: Path = Path("data/robustness"),
+) -> dict:
+    """Score one trained net on test (deformed), clean test and val; write scores and
+    predictions; log MLflow.
+
+    Returns the scores JSON's content.
+    """
+    select_run(params, arch, schedule_name, seed)
+    name = run_name(arch, schedule_name, seed)
+    device = resolve_device(params.train.device)
+    configure_device(device)
+    amp = resolve_amp(params.train.amp, device, arch)  # the precision training used here
+    model, meta = load_checkpoint(models_dir / f"{name}.pt", device)
+    model = prepare_model(model, device)
+    normalize = Normalize(meta["mean"], meta["std"], device)
+    breeds = meta["breeds"]
+
+    outputs = {
+        prefix: predict_split(
+            model, prepared / filename, breeds, normalize, params.train.batch_size, amp
+        )
+        for prefix, filename in SPLITS.items()
+    }
+    results: dict = {}
+    for prefix, (log_probs, labels) in outputs.items():
+        results[f"{prefix}_loss"], results[f"{prefix}_acc"] = score(log_probs, labels)
+    log_probs, labels = outputs["test"]  # the paper's test set: where per-breed errors are read
+    test_labels, predicted = labels.cpu(), log_probs.argmax(dim=1).cpu()
+    confusion = confusion_matrix(test_labels, predicted, len(breeds))
+    results["per_class_test_acc"] = per_class_accuracy(confusion, breeds)
+    log.info(
+        "%s: test acc %.4f (deformed), %.4f (clean); val acc %.4f",
+        name,
+        results["test_acc"],
+        results["clean_test_acc"],
+        results["val_acc"],
+    )
+
+    curves = robustness_curves(params, model, breeds, normalize, robustness_dir, amp)
+
+    trained_in = trained_run_id(train_metrics_dir / f"{name}.json")
+    tags = {**tracking.run_tags(arch, schedule_name), "seed": str(seed)}
+    run = tracking.resume_run(trained_in, name, tags)
+    results["mlflow_run_id"] = run.run_id
+
+    clean_log_probs, clean_labels = outputs["clean_test"]
+    if not torch.equal(clean_labels.cpu(), test_labels):
+        raise EvaluationError(
+            f"{prepared / SPLITS['clean_test']}: labels differ from {prepared / SPLITS['test']}"
+            " (rerun the deform stage: dvc repro deform)"
+        )
+    predicted_by_split = {"test": predicted, "clean_test": clean_log_probs.argmax(dim=1).cpu()}
+    test_ids = load_split(prepared / SPLITS["test"]).ids
+    write_predictions(
+        metrics_dir / f"{name}-predictions.csv", test_ids, test_labels, predicted_by_split
+    )
+
+    confusion_json = metrics_dir / f"{name}-confusion.json"
+    write_json(confusion_json, confusion_records(test_labels, predicted, breeds))
+    results["confusion"] = confusion.tolist()  # rows: actual breed, columns: predicted
+    write_json(metrics_dir / f"{name}.json", results)
+    write_json(metrics_dir / f"{name}-robustness.json", curves)
+
+    # test metrics only: val_* would clash with the training's per-epoch series of that name
+    flat = {k: v for k, v in results.items() if k.startswith(("test_", "clean_test_"))}
+    flat.update({f"test_acc_{b}": acc for b, acc in results["per_class_test_acc"].items()})
+    run.log_metrics(flat)
+    for kind, curve in curves.items():  # one series per kind; step = strength x 100
+        for strength, acc in curve.items():
+            run.log_metrics({f"robust_acc_{kind}": acc}, step=round(float(strength) * 100))
+    run.log_artifact(confusion_json)
+    return results

@@ -1,0 +1,196 @@
+"""MLflow runs: one per training, named after its DVC stage, ended FINISHED or FAILED.
+
+A `Run` logs through an explicit client (no global active run), every write under the store's
+lock (`store.write`). A training killed mid-run cannot end its own run: the next attempt marks it
+FAILED (`fail_abandoned_runs`, `mark_failed`), so the store never keeps a run RUNNING.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from dogbreeds.tracking import store  # noqa: F401  (sets MLflow's environment before mlflow loads)
+
+# isort: split
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+from dogbreeds.common.redact import redact
+from dogbreeds.tracking.store import open_experiment, ui_url, write
+
+log = logging.getLogger(__name__)
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    """The checked-out commit, or None outside a git repository (or without git)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True)
+    except OSError:
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def source_name() -> str:
+    """What made the run, for the UI's Source column: the DVC stage (`train@cnn-s20_14_6`, DVC
+    sets DVC_STAGE for every stage command), else the script that was run."""
+    return os.environ.get("DVC_STAGE") or Path(sys.argv[0]).name or "python"
+
+
+def run_tags(arch: str, schedule: str) -> dict[str, str]:
+    """Tags that let the MLflow UI filter and trace a run back to code and DVC experiment."""
+    tags = {
+        "arch": arch,
+        "schedule": schedule,
+        "mlflow.source.name": source_name(),
+        "mlflow.source.type": "LOCAL",
+    }
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+    return tags
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """{'a': {'b': 1}} -> {'a.b': '1'}: MLflow params are flat strings."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+class Run:
+    """One MLflow run, logged through an explicit client (no global active-run state)."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client = client
+        self.run_id = run_id
+
+    def _write(self, action: Callable[[], None], what: str) -> None:
+        write(self.client.tracking_uri, action, what)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        # MlflowClient.log_batch splits params into MLflow's 100-per-request limit itself.
+        items = [Param(key, redact(value)) for key, value in flatten(params).items()]
+        self._write(lambda: self.client.log_batch(self.run_id, params=items), "params")
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        self._write(lambda: self.client.log_batch(self.run_id, metrics=batch), "metrics")
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        items = [RunTag(k, redact(str(v))) for k, v in tags.items()]
+        self._write(lambda: self.client.log_batch(self.run_id, tags=items), "tags")
+
+    def log_artifact(self, path: Path) -> None:
+        self._write(lambda: self.client.log_artifact(self.run_id, str(path)), "artifact")
+
+    def end(self, status: str = "FINISHED") -> None:
+        self._write(lambda: self.client.set_terminated(self.run_id, status=status), "end")
+
+
+def start_run(run_name: str, tags: Mapping[str, str], root: Path | None = None) -> Run:
+    """A new run named `run_name` in the study's experiment."""
+    client, experiment_id = open_experiment(root)
+    clean = {key: redact(str(value)) for key, value in tags.items()}
+    run = write(
+        client.tracking_uri,
+        lambda: client.create_run(experiment_id, run_name=run_name, tags=clean),
+        "new run",
+    )
+    log.info("MLflow run %s (%s) in %s", run_name, run.info.run_id, redact(client.tracking_uri))
+    if client.tracking_uri.startswith(("http://", "https://")):
+        log.info("MLflow UI: %s", ui_url(client.tracking_uri, experiment_id))
+    return Run(client, run.info.run_id)
+
+
+@contextmanager
+def training_run(run_name: str, tags: Mapping[str, str], root: Path | None = None) -> Iterator[Run]:
+    """A new run that ends FINISHED, or FAILED if the block raises."""
+    run = start_run(run_name, tags, root)
+    try:
+        yield run
+    except BaseException:
+        run.end("FAILED")
+        raise
+    run.end("FINISHED")
+
+
+def mark_failed(run_id: str, root: Path | None = None) -> None:
+    """End run `run_id` as FAILED if it is still RUNNING (a process killed mid-run cannot).
+
+    A run missing from this store (another tracking URI, a deleted mlflow.db) is left alone.
+    """
+    client, _ = open_experiment(root)
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            write(client.tracking_uri, lambda: client.set_terminated(run_id, "FAILED"), "end")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        log.warning(
+            "MLflow run %s is not in %s: not marking it FAILED", run_id, redact(client.tracking_uri)
+        )
+
+
+RESUME_KEY_TAG = "resume_key"
+
+
+def fail_abandoned_runs(key: str, root: Path | None = None) -> list[str]:
+    """Mark FAILED every RUNNING run tagged `resume_key=<key>`; return their ids.
+
+    Only the process holding the resume lock of `key` (`resume.claim`) tags its run with the key
+    and calls this, so any other RUNNING run with that tag belongs to a process that died
+    (SIGKILL, power cut): killed before its first epoch, it left no state that names it.
+    """
+    client, experiment_id = open_experiment(root)
+    query = f"tags.{RESUME_KEY_TAG} = '{key}' and attributes.status = 'RUNNING'"
+    abandoned = [r.info.run_id for r in client.search_runs([experiment_id], query)]
+    for run_id in abandoned:
+        write(client.tracking_uri, partial(client.set_terminated, run_id, "FAILED"), "end")
+        log.info("MLflow run %s was left RUNNING by a killed training: marked FAILED", run_id)
+    return abandoned
+
+
+def resume_run(
+    run_id: str, run_name: str, tags: Mapping[str, str], root: Path | None = None
+) -> Run:
+    """The run `run_id` if the store has it, else a new run with the same name.
+
+    The run is missing when DVC restored the training stage from its run cache into a fresh
+    store (or someone deleted mlflow.db): then the evaluation still gets a run of its own.
+    """
+    client, _ = open_experiment(root)
+    try:
+        client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        log.warning(
+            "MLflow run %s (%s) is not in %s (training restored from DVC's run cache?); "
+            "starting a new run with the same name",
+            run_id,
+            run_name,
+            redact(client.tracking_uri),
+        )
+        run = start_run(run_name, {**tags, "trained_in_run": run_id}, root)
+        run.end("FINISHED")
+        return run
+    return Run(client, run_id)

@@ -1,0 +1,227 @@
+"""`python -m dogbreeds snapshot NAME`: a finished study, committed with its provenance.
+
+The study's outputs live in `metrics/`, which DVC tracks but git readers cannot see without
+rerunning it. This command copies what a reader needs into `results/NAME/`, small enough for
+git: the report, the headline metrics, one row per run, a few figures as PNG (each under
+200 KB: robustness curves, accuracy curves, the deformation preview, one offsets figure,
+accuracy against MACs), and `provenance.json` with the params that differ from the commit's
+params.yaml, the commit, the machine and the wall time. Run it in the repository (or DVC
+experiment workspace) that ran the study, after `dvc repro` / `dvc exp run` finished:
+
+    python -m dogbreeds snapshot cpu-64px-5seeds --wall-time-s 4200
+
+Nothing is recomputed: every number is read from the stages' own files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+from PIL import Image
+
+from dogbreeds import DogbreedsError
+from dogbreeds.analysis.plots import plt
+from dogbreeds.common.cli import run_stage
+from dogbreeds.common.fs import atomic_path, write_json
+from dogbreeds.params import Params, load_params, run_name
+
+MAX_PNG_BYTES = 200_000  # the one kind of image git holds: small figures (developer guide)
+RUN_COLUMNS = (
+    "run", "arch", "schedule", "seed", "train_acc", "val_acc", "test_acc", "clean_test_acc",
+    "test_loss", "epochs", "wall_time_s", "params", "macs", "device", "amp", "threads",
+)  # fmt: skip
+
+
+class SnapshotError(DogbreedsError):
+    """The study is unfinished or a file it should have written is missing."""
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        raise SnapshotError(f"{path}: not found (finish the study first: dvc repro)")
+    return path
+
+
+def git(repo: Path, *args: str) -> str | None:
+    out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    return out.stdout if out.returncode == 0 else None
+
+
+def flatten(tree, prefix: str = "") -> dict:
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    flat: dict = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}{key}."))
+    return flat
+
+
+def params_diff(repo: Path) -> dict[str, dict]:
+    """params.yaml of the workspace against the commit's: {key: {"commit": a, "study": b}}.
+
+    `dvc exp run -S key=value` edits the workspace's params.yaml, so this is what the study ran
+    with beyond the committed defaults."""
+    committed = yaml.safe_load(git(repo, "show", "HEAD:params.yaml") or "{}") or {}
+    ran = yaml.safe_load((repo / "params.yaml").read_text()) or {}
+    old, new = flatten(committed), flatten(ran)
+    return {
+        key: {"commit": old.get(key), "study": new.get(key)}
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key)
+    }
+
+
+def machine() -> dict[str, str | int]:
+    """What the numbers depend on beyond the params: CPU, cores, OS and library versions."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count() or 0,
+        "gpu": gpu,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def run_rows(params: Params, metrics: Path) -> list[dict]:
+    """One row per (arch, schedule, seed): the train stage's and evaluation's numbers."""
+    rows = []
+    for arch in params.train.archs:
+        for schedule in params.train.schedules:
+            for seed in params.train.seeds:
+                name = run_name(arch, schedule, seed)
+                train = json.loads(need(metrics / "train" / f"{name}.json").read_text())
+                scores = json.loads(need(metrics / "eval" / f"{name}.json").read_text())
+                row = {"run": name, "arch": arch, "schedule": schedule, "seed": seed}
+                row |= {k: train.get(k, "") for k in RUN_COLUMNS if k in train}
+                row |= {k: scores[k] for k in ("test_acc", "clean_test_acc", "test_loss")}
+                rows.append(row)
+    return rows
+
+
+def write_runs(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, RUN_COLUMNS, delimiter="\t", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def accuracy_against_macs(rows: list[dict], path: Path) -> None:
+    """Mean deformed test accuracy over seeds against MACs, one marker per (net, schedule)."""
+    cells: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        cells.setdefault((row["arch"], row["schedule"]), []).append(row)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (arch, schedule), seeds in cells.items():
+        acc = math.fsum(r["test_acc"] for r in seeds) / len(seeds)
+        ax.scatter(seeds[0]["macs"] / 1e6, acc, label=f"{arch} {schedule}")
+    ax.set(xlabel="MACs per image (millions)", ylabel="deformed test accuracy (mean over seeds)")
+    ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def small_png(source: Path, dest: Path) -> None:
+    """Copy a PNG, shrinking it (palette colours, then half size) until it is under 200 KB."""
+    image = Image.open(source)
+    for attempt in range(4):
+        buffer = io.BytesIO()
+        candidate = image if attempt == 0 else image.convert("RGB").quantize(256)
+        if attempt >= 2:
+            scale = 0.5 ** (attempt - 1)
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            candidate = candidate.resize(size)
+        candidate.save(buffer, format="PNG", optimize=True)
+        if buffer.tell() <= MAX_PNG_BYTES:
+            dest.write_bytes(buffer.getvalue())
+            return
+    raise SnapshotError(f"{source}: cannot be brought under {MAX_PNG_BYTES:,} bytes")
+
+
+def figures(params: Params, repo: Path) -> dict[str, Path]:
+    """Snapshot name -> source PNG: the robustness curves, the preview, one offsets figure and
+    the accuracy curves of each net (last schedule, first seed: the longest training)."""
+    metrics = repo / "metrics"
+    schedule, seed = list(params.train.schedules)[-1], params.train.seeds[0]
+    chosen = {
+        "robustness.png": metrics / "figures" / "robustness.png",
+        "deform_preview.png": metrics / "deform_preview.png",
+    }
+    for arch in params.train.archs:
+        name = run_name(arch, schedule, seed)
+        chosen[f"accuracy-{name}.png"] = metrics / "figures" / f"{name}-accuracy.png"
+    if "deformable" in params.train.archs:
+        name = run_name("deformable", schedule, seed)
+        chosen[f"offsets-{name}.png"] = metrics / "offsets" / f"offsets-{name}.png"
+    return {dest: need(source) for dest, source in chosen.items()}
+
+
+def snapshot(repo: Path, name: str, results: Path, wall_time_s: float | None = None) -> Path:
+    """Write results/<name>/ from the finished study in `repo`; returns the folder."""
+    params = load_params(repo / "params.yaml")
+    metrics = repo / "metrics"
+    rows = run_rows(params, metrics)
+    with atomic_path(results / name) as folder:
+        folder.mkdir(parents=True)
+        for file in ("report.md", "headline.json", "robustness.tsv", "data.json"):
+            shutil.copyfile(need(metrics / file), folder / file)
+        write_runs(folder / "runs.tsv", rows)
+        for dest, source in figures(params, repo).items():
+            small_png(source, folder / dest)
+        accuracy_against_macs(rows, folder / "accuracy-vs-macs.png")
+        small_png(folder / "accuracy-vs-macs.png", folder / "accuracy-vs-macs.png")
+        write_json(
+            folder / "provenance.json",
+            {
+                "name": name,
+                "commit": (git(repo, "rev-parse", "HEAD") or "").strip() or None,
+                "dvc_exp_name": os.environ.get("DVC_EXP_NAME"),
+                "params_changed": params_diff(repo),
+                "machine": machine(),
+                "wall_time_s": wall_time_s,
+                "trainings_wall_time_s": round(math.fsum(r["wall_time_s"] for r in rows), 1),
+                "runs": len(rows),
+                "command": f"python -m dogbreeds snapshot {name}",
+            },
+        )
+    return results / name
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m dogbreeds snapshot", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("name", help="the folder under results/, e.g. cpu-64px-5seeds")
+    parser.add_argument("--repo", type=Path, default=Path("."), help="where the study ran")
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--wall-time-s", type=float, help="the study's wall time, as measured")
+    args = parser.parse_args(argv)
+    run_stage(lambda: print(snapshot(args.repo, args.name, args.results, args.wall_time_s)))
+
+
+if __name__ == "__main__":
+    main()

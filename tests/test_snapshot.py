@@ -1,0 +1,91 @@
+"""The snapshot command: a finished study's files, small enough for git, with provenance."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+
+import pytest
+import yaml
+from PIL import Image
+from test_report import SEEDS, study  # noqa: F401  (the fake finished study)
+
+from dogbreeds.analysis import report
+from dogbreeds.commands import snapshot as snap
+
+
+@pytest.fixture
+def finished(study, tmp_path):  # noqa: F811
+    """The report's fake study as a git repository whose workspace params differ from HEAD."""
+    params, metrics = study
+    report.run_report(params, metrics)
+    (metrics / "data.json").write_text("{}\n")
+    big = Image.effect_noise((1400, 1400), 80).convert("RGB")  # ~5 MB as PNG: must shrink
+    big.save(metrics / "deform_preview.png")
+    (metrics / "offsets").mkdir(exist_ok=True)
+    for seed in SEEDS:
+        Image.new("RGB", (50, 50)).save(metrics / "offsets" / f"offsets-deformable-hot-{seed}.png")
+    tree = yaml.safe_load(json.dumps(params_tree(params)))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "params.yaml"], check=True)
+    subprocess.run([*git, "commit", "-qm", "params"], check=True)
+    tree["model"]["resolution"] = 64  # what `dvc exp run -S model.resolution=64` does
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    return params, tmp_path
+
+
+def params_tree(params) -> dict:
+    from dataclasses import asdict
+
+    tree = asdict(params)
+    tree["train"].pop("seed", None)  # per-run, not a params.yaml key
+    tree["train"]["schedules"] = {
+        name: {"epochs": s["epochs"], "max_lr": s["max_lr"]}
+        for name, s in tree["train"]["schedules"].items()
+    }
+    return tree
+
+
+def test_a_snapshot_holds_the_report_runs_small_figures_and_provenance(finished, tmp_path):
+    params, repo = finished
+    folder = snap.snapshot(repo, "fake", tmp_path / "results", wall_time_s=123.0)
+
+    assert (folder / "report.md").read_text() == (repo / "metrics" / "report.md").read_text()
+    headline = json.loads((folder / "headline.json").read_text())
+    assert headline == json.loads((repo / "metrics" / "headline.json").read_text())
+    with (folder / "runs.tsv").open() as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert [r["run"] for r in rows][:3] == ["cnn-s20_14_6-0", "cnn-s20_14_6-1", "cnn-s20_14_6-2"]
+    assert len(rows) == 2 * 2 * len(SEEDS)
+    assert float(rows[0]["test_acc"]) == pytest.approx(0.3)
+
+    pngs = sorted(p.name for p in folder.glob("*.png"))
+    assert pngs == [
+        "accuracy-cnn-hot-0.png",
+        "accuracy-deformable-hot-0.png",
+        "accuracy-vs-macs.png",
+        "deform_preview.png",
+        "offsets-deformable-hot-0.png",
+        "robustness.png",
+    ]
+    assert all(p.stat().st_size <= snap.MAX_PNG_BYTES for p in folder.glob("*.png"))
+    assert (repo / "metrics" / "deform_preview.png").stat().st_size > snap.MAX_PNG_BYTES
+
+    provenance = json.loads((folder / "provenance.json").read_text())
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True)
+    assert provenance["commit"] == head.stdout.decode().strip()
+    assert provenance["params_changed"] == {"model.resolution": {"commit": 16, "study": 64}}
+    assert provenance["wall_time_s"] == 123.0
+    assert provenance["trainings_wall_time_s"] == 90.0 * len(rows)
+    assert provenance["machine"]["cores"] >= 1
+
+
+def test_an_unfinished_study_is_named_and_leaves_nothing(finished, tmp_path):
+    _, repo = finished
+    (repo / "metrics" / "figures" / "robustness.png").unlink()
+    with pytest.raises(snap.SnapshotError, match="robustness.png: not found"):
+        snap.snapshot(repo, "fake", tmp_path / "results")
+    assert not (tmp_path / "results" / "fake").exists()

@@ -1,4 +1,4 @@
-"""DVC stage evaluate@<arch>-<schedule>-<seed>: score one trained net (see dogbreeds.pipeline.evaluate)."""
+"""DVC stage evaluate@<arch>-<schedule>-<seed>: score one net (dogbreeds.pipeline.evaluate)."""
 
 import argparse
 

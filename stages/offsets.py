@@ -1,4 +1,4 @@
-"""DVC stage offsets: learned DeformConv offsets of every deformable net (see dogbreeds.analysis.offsets)."""
+"""DVC stage offsets: every deformable net's learned offsets (dogbreeds.analysis.offsets)."""
 
 import argparse
 

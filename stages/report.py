@@ -1,4 +1,4 @@
-"""DVC stage report: the paper's tables with our numbers beside them (see dogbreeds.analysis.report)."""
+"""DVC stage report: the paper's tables with our numbers beside them (dogbreeds.analysis.report)."""
 
 import argparse
 

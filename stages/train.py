@@ -1,4 +1,4 @@
-"""DVC stage train@<arch>-<schedule>-<seed>: train one net from one seed (see dogbreeds.pipeline.train)."""
+"""DVC stage train@<arch>-<schedule>-<seed>: train one net, one seed (dogbreeds.pipeline.train)."""
 
 import argparse
 

@@ -4,6 +4,9 @@ Every stage reads the whole file through `load_params`, so a bad value anywhere 
 before the first byte of output is written, with the offending key named. A key that no
 dataclass below reads (a typo such as `train.batchsize`) is refused too, with the closest
 real key, rather than silently ignored while the default runs.
+
+Longer than the package's usual 400 lines on purpose: it is the whole params contract, every
+section's dataclass beside the check of its values, so one file answers "what may I set?".
 """
 
 from __future__ import annotations
@@ -131,7 +134,7 @@ class TrainParams:
     # seeds[0] as read from params.yaml, set per run by `for_seed`.
     seed: int
     device: str
-    amp: str  # auto | off | bf16 | fp16 (see engine.resolve_amp)
+    amp: str  # auto | off | bf16 | fp16 (see training.devices.resolve_amp)
     augment: AugmentParams
 
 

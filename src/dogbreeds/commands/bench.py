@@ -5,8 +5,9 @@ backward, gradient clipping, Adam step, one-cycle step; data already on the devi
 there) and evaluation (`training.loop.predict`), per device x net x DeformConv backend x batch
 size x precision. Warm-up steps are excluded and the median of several repeats is reported.
 
-This is where `DEFAULT_BACKENDS` in ops/deform_conv.py and `CPU_AUTO_AMP` in training/devices.py
-come from: rerun it on new hardware to check them. It imports no DVC or MLflow, so it runs on a bare GPU box.
+This is where `DEFAULT_BACKENDS` in ops/deform_conv.py and `CPU_AUTO_AMP` in
+training/devices.py come from: rerun it on new hardware to check them. It imports no DVC or
+MLflow, so it runs on a bare GPU box.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """Accuracy against cost across DVC experiments: MobileNet's Tables 6-7 for our three nets.
 
+(Just over 400 lines: reading `dvc exp show`, the table and the figures are one command.)
+
 MobileNet shrinks its net with a width multiplier alpha and a smaller input side and reads the
 result as accuracy against multiply-adds and parameters. This command does the same for any set
 of DVC experiments (the grid that `python -m dogbreeds grid` queues, or any others):

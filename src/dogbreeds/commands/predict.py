@@ -8,7 +8,7 @@ model itself cannot be loaded (or the arguments are wrong).
 `--model` is a checkpoint (`models/cnn-s50_14_6.pt`, no MLflow needed), an MLflow model folder,
 or an MLflow URI (`models:/dogbreeds-cnn@champion`, `runs:/<run_id>/model`) looked up in the
 study's store: `MLFLOW_TRACKING_URI`, else `mlflow.db` at the repository root. All three give
-the same `inference.Classifier`, so they predict the same numbers.
+the same `serving.classifier.Classifier`, so they predict the same numbers.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 For a bare GPU machine without DVC or MLflow (nothing here imports them): train every
 (arch, schedule) of params.yaml with the same engine the train stage uses, score the deformed
 and clean test sets, and print one table with accuracies, wall time and throughput. The
-DVC pipeline (`dvc repro`) remains the study of record; this is how its GPU speed was measured.
+DVC pipeline (`dvc repro`) remains the study of record; this measures the GPU speed of
+training itself.
 
 `pack` turns `data/prepared/*.pt` into one small tar of JPEGs (quality 95) so the prepared
 224-pixel data can travel to such a machine; `run` accepts that tar or a prepared folder.

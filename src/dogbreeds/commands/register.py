@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def register() -> None:
         champions = register_study(load_params(args.params), args.metrics)
-        for arch, champion in champions.items():
+        for champion in champions.values():
             print(
                 f"{champion.uri}: version {champion.version}, run {champion.run_name} "
                 f"({champion.run_id}), val_acc {champion.val_acc:.4f}"

@@ -1,5 +1,8 @@
 """Download stage: fetch each source, verify its sha256 and extract only its breed folders.
 
+(Over 400 lines for a reason: the safety rules of extraction, the three archive kinds and the
+download/verify/resume logic are one trust boundary, reviewed together.)
+
 For each name in `data.sources` the stage writes `data/raw/<source>/<folder>/<file>`:
 
 * `synthetic` is generated (see `dogbreeds.data.synthetic`);
@@ -8,7 +11,7 @@ For each name in `data.sources` the stage writes `data/raw/<source>/<folder>/<fi
   partial download survives a failed run), a `file://` URL, a local archive, a local directory,
   or for Kaggle `kaggle://owner/name`, pinned as `kaggle://owner/name/versions/N`.
 
-`<root>` is the main repository (`fsutil.repo_root`), and relative paths resolve against it
+`<root>` is the main repository (`common.fs.repo_root`), and relative paths resolve against it
 too: under `dvc exp run --temp` and `dvc queue` a stage runs in a temporary copy that holds no
 git-ignored files and is deleted afterwards.
 

@@ -1,9 +1,9 @@
 """The C++ DeformConv kernel for the CPU (csrc/deform_conv_cpu.cpp), built once per machine.
 
 Why C++: the tap sampling of a DeformConv is a gather and its backward a scatter, which plain
-tensor ops do in many passes (python -m dogbreeds bench: README "Speed"). The kernel does each
-direction in one pass. It is compiled with torch's JIT extension builder (g++ and ninja, both
-ninja from the lock file) the first time a `fused` DeformConv runs, and cached under
+tensor ops do in many passes (`python -m dogbreeds bench`, docs/performance.md). The kernel
+does each direction in one pass. It is compiled with torch's JIT extension builder (g++ and
+ninja, ninja from the lock file) the first time a `fused` DeformConv runs, and cached under
 ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), about 20 s on 2 cores.
 The build targets this CPU (``-march=native``), so the cache name carries a fingerprint of
 the CPU's feature flags and of the source: a home directory shared between machines never

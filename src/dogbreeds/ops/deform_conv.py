@@ -1,5 +1,9 @@
 """DeformConv (DCNv1, Dai et al. 2017) with interchangeable backends and one state_dict.
 
+(Over 400 lines for a reason: the backends share the tap geometry, the column matmuls and one
+autograd Function; kept together, their agreement is checked in one place. The kernels
+themselves live in cpu_kernel.py, csrc/ and triton_kernels.py.)
+
 The layer owns two convolutions, exactly as in the report's appendix:
 
 * ``offset``: a 3x3 conv (Cin -> 2*K*K) that predicts, for every output pixel, a (dy, dx) shift
@@ -20,7 +24,8 @@ Backends (all agree to 1e-6 in float64, forward and backward; tests/test_deformc
   weight. A hand-written backward scatters the gradient back with ``embedding_bag``. Only plain
   tensor ops, so it runs unchanged on CPU and CUDA.
 * ``fused``: the columns of ``gather`` built, and their gradient sent back, by a C++ CPU kernel
-  (csrc/deform_conv_cpu.cpp, one pass per direction; built on first use, `dogbreeds.ops.cpu_kernel`).
+  (csrc/deform_conv_cpu.cpp, one pass per direction; built on first use,
+  `dogbreeds.ops.cpu_kernel`).
   CPU only. `gather` and `fused` share `ColumnDeformConv` (the matmuls) and differ only in the
   sampler.
 * ``triton``: the same columns built, and their gradient sent back, by two Triton kernels
@@ -52,14 +57,9 @@ BACKENDS = ("auto", "reference", "gather", "fused", "triton", "torchvision")
 CPU_ONLY = ("fused",)  # backends with a CPU kernel only
 CUDA_ONLY = ("triton",)  # backends with GPU kernels only (CPU only under Triton's interpreter)
 
-# The backend `auto` uses per device type, from training-step benchmarks of the deformable net
-# (forward, loss, backward, clipping, Adam step; python -m dogbreeds bench; README "Speed"):
-# - CPU, 64x64, batch 32, 2 threads of a Xeon with AMX, float32: fused 393 img/s, gather 240,
-#   reference 184 (cnn 662), torchvision 19 (an older run, cnn 714); under bf16 autocast fused
-#   639, gather 276, reference 224 (cnn 1,277).
-# - CUDA (H200, 224x224, torch 2.11, bf16 autocast): triton 8,271 img/s at batch 128,
-#   reference 2,613, torchvision 2,112 (cnn 17,226-17,262, two runs); at batch 32 triton
-#   3,387, reference 2,373, torchvision 1,996 (launch-bound and noisy: cnn 6,460-7,794).
+# The backend `auto` uses per device type: the fastest in training-step benchmarks of the
+# deformable net (forward, loss, backward, clipping, Adam step), in float32 and bf16, on CPU and
+# on an H200 (`python -m dogbreeds bench`; the figures and machines are in docs/performance.md).
 # Devices not listed fall back to `reference`.
 DEFAULT_BACKENDS = {"cpu": "fused", "cuda": "triton"}
 # Where a default cannot run (no C++ compiler, no Triton), this stands in, with a warning.
@@ -334,11 +334,11 @@ SPLIT_MIN_ROWS = 8192
 def weight_gradient(g_rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """The conv weight's gradient g_rows.t() @ cols: (Cout, K*K*C) from (N, Cout) and (N, K*K*C).
 
-    On the CPU, oneDNN runs this long reduction into a small matrix on one thread (first
-    DeformConv layer at 64 px, batch 32, bf16: 2.3 ms on 1 thread, 2.4 ms on 2). So where N is
-    large the rows are split into one batch per thread, each thread multiplies its own (bmm
-    parallelises over the batch), and the partial products are summed in float32: 1.5 ms on
-    2 threads. Returned in cols' dtype, or float32 when split from half-precision columns.
+    On the CPU, oneDNN runs this long reduction into a small matrix on one thread (2 threads
+    are no faster than 1). So where N is large the rows are split into one batch per thread,
+    each thread multiplies its own (bmm parallelises over the batch), and the partial products
+    are summed in float32 (faster on 2 threads: `python -m dogbreeds bench`). Returned in
+    cols' dtype, or float32 when split from half-precision columns.
     The split follows torch's thread count, so the gradient's rounding (and a training's
     numbers) depend on it; the thread count is recorded with every run's metrics.
     """

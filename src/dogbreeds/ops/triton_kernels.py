@@ -26,9 +26,10 @@ import torch
 import triton
 import triton.language as tl
 
-# Launch shape. A sweep on an H200 (deformable net, 224 px, batch 128, bf16 training steps,
-# README "Speed") gave 8,272 img/s for these; tiles of 2048 or 8192 and 8 warps 7,858-8,130.
-# The taps are a loop, not unrolled: unrolling all 9 ran at 6,149 img/s and compiled slower.
+# Launch shape: the fastest of a sweep over tiles (2048-8192) and warps (4, 8) in bf16 training
+# steps of the deformable net at 224 px, batch 128, on an H200 (docs/performance.md; rerun with
+# `python -m dogbreeds bench --device cuda`). The taps are a loop: unrolled, they ran slower and
+# compiled slower.
 TILE = 4096  # pixels x channels per program: 128 pixels at 32 channels, 32 at 128
 WARPS = 4  # warps per program
 

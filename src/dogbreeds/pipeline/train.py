@@ -8,8 +8,8 @@ hands both to the training loop (`dogbreeds.training.loop`), then writes the che
 run.
 
 A training that dies (SIGKILL, power cut) resumes on the next run from its last finished epoch
-(`dogbreeds.training.resume`): the dead attempt's MLflow run is marked FAILED, and the new run, tagged
-`resumed_from_run`, logs the earlier epochs again so its curves are whole.
+(`dogbreeds.training.resume`): the dead attempt's MLflow run is marked FAILED, and the new
+run, tagged `resumed_from_run`, logs the earlier epochs again so its curves are whole.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ normalises them with the training split's channel `mean` and `std`. A photo give
 trained net goes through the same functions (`dogbreeds.data.preprocess`), with the resolution,
 mean and std read from the checkpoint's metadata, never retyped here.
 
-`Classifier` is plain torch and Pillow. The MLflow model (`dogbreeds.serving.pyfunc`) and the predict
-command (`dogbreeds.commands.predict`) both wrap it.
+`Classifier` is plain torch and Pillow. The MLflow model (`dogbreeds.serving.pyfunc`) and the
+predict command (`dogbreeds.commands.predict`) both wrap it.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ REQUIREMENTS = ("torch", "torchvision", "pillow", "numpy", "pandas", "mlflow")
 
 
 class BreedClassifier(mlflow.pyfunc.PythonModel):
-    """The pyfunc wrapper around `inference.Classifier`."""
+    """The pyfunc wrapper around `serving.classifier.Classifier`."""
 
     def load_context(self, context) -> None:
         self.classifier = Classifier.from_checkpoint(Path(context.artifacts[CHECKPOINT_ARTIFACT]))
@@ -108,9 +108,9 @@ def model_kwargs(checkpoint: Path) -> dict:
 def log_model(run: Run, checkpoint: Path) -> str:
     """Log a checkpoint as the run's MLflow model (`runs:/<run_id>/model`); return its URI.
 
-    See `dogbreeds.serving.pyfunc`: a pyfunc with preprocessing, signature and input example. MLflow's
-    model logging reads the global tracking URI (see `global_tracking_uri`), and would create the
-    logged model in the globally active experiment, so it is created here, in the run's.
+    A pyfunc with preprocessing, signature and input example (above). MLflow's model logging
+    reads the global tracking URI (see `global_tracking_uri`), and would create the logged
+    model in the globally active experiment, so it is created here, in the run's.
     """
     experiment_id = run.client.get_run(run.run_id).info.experiment_id
     model = run.client.create_logged_model(

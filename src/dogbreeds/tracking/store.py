@@ -1,4 +1,4 @@
-"""MLflow tracking: one experiment for the study, one run per (arch, schedule).
+"""The MLflow store: where the study's experiment lives, and the lock every write holds.
 
 The store is an embedded SQLite database at the repository root (`sqlite:///<root>/mlflow.db`)
 unless `MLFLOW_TRACKING_URI` names another one. The root is `DVC_ROOT` when DVC sets it: under
@@ -6,8 +6,8 @@ unless `MLFLOW_TRACKING_URI` names another one. The root is `DVC_ROOT` when DVC 
 must land in the main repository's store, with its artifacts in `<root>/mlartifacts`, not in the
 copy that DVC deletes afterwards.
 
-This is the module that logs to MLflow; the rest of the package talks to a `Run`. (`pyfunc` and
-`registry` import mlflow too: the model that MLflow serves, and the model registry.)
+Runs are in `tracking.runs`, data lineage in `tracking.lineage`; the logged model and the
+registry are in `dogbreeds.serving`.
 
 What a user sees in the MLflow UI is set here as well: every run names its Source (the DVC stage
 and git commit) and its Dataset (the prepared tensors, named by their DVC hash), which the runs
@@ -53,7 +53,7 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def store_root(cwd: Path | None = None) -> Path:
-    """The repository whose store and artifacts a run belongs to (see `fsutil.repo_root`)."""
+    """The repository whose store and artifacts a run belongs to (see `common.fs.repo_root`)."""
     return repo_root(cwd)
 
 

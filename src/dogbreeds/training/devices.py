@@ -65,7 +65,7 @@ def configure_device(device: torch.device) -> None:
 
     CUDA: TF32 matmuls where float32 remains ("high"), and cuDNN in deterministic mode without
     autotuning, so the cnn and dsc nets repeat exactly (the deformable net's backward adds
-    with atomics, so it does not; README).
+    with atomics, so it does not; docs/performance.md).
     """
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
@@ -85,7 +85,8 @@ def keep_freed_memory() -> bool:
     ones) with a fresh mmap and unmaps it on free, so each training step faults in its large
     activations page by page again; the DeformConv columns are such buffers (`python -m
     dogbreeds bench` measures the difference, docs/performance.md). It is what PyTorch's CPU
-    tuning guide gets from jemalloc or tcmalloc, without a preload. Peak memory is unchanged; freed memory stays with the process until it exits.
+    tuning guide gets from jemalloc or tcmalloc, without a preload. Peak memory is unchanged;
+    freed memory stays with the process until it exits.
     Returns whether the settings took (False off glibc, e.g. macOS).
     """
     try:

@@ -1,7 +1,7 @@
 """Resumable training: a state file per run, so a killed training loses one epoch at most.
 
 After every epoch the train stage saves the engine's `TrainState` to
-`<root>/.resume/<run>-<key>.pt`, where `<root>` is the main repository (`fsutil.repo_root`:
+`<root>/.resume/<run>-<key>.pt`, where `<root>` is the main repository (`common.fs.repo_root`:
 `DVC_ROOT` under `dvc exp run --temp` and `dvc queue`, whose copies are deleted). The folder is
 git-ignored and is not a DVC output, so DVC neither removes it before a rerun nor caches it.
 The stage deletes its state when it finishes.

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: study test lint summary bench clean-venv
+.PHONY: study test lint summary bench register clean-venv
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ lint: $(VENV)/.installed
 
 summary: $(VENV)/.installed  ## params and MACs of the three nets
 	$(BIN)/python -m dogbreeds summary --width-mult 1.0 --resolution 224
+
+register: $(VENV)/.installed  ## each net's best run of the study becomes models:/dogbreeds-<arch>@champion
+	$(BIN)/python -m dogbreeds register
 
 clean-venv:
 	rm -rf $(VENV)

@@ -120,3 +120,19 @@ def test_the_closure_follows_imports_inside_functions(tmp_path):
     script.write_text("def main():\n    from dogbreeds.analysis.plots import plot_accuracy\n")
     assert "src/dogbreeds/analysis/plots.py" in code_closure(script)
     assert "src/dogbreeds/training/history.py" in code_closure(script)  # plots imports history
+
+
+@pytest.mark.parametrize("name", ["train", "evaluate"])
+def test_figures_restale_no_training_or_evaluation(name):
+    """Restyling a figure must not rerun 45 trainings or evaluations."""
+    deps = set(stages()[name]["deps"])
+    assert "src/dogbreeds/analysis/plots.py" not in deps
+    assert "src/dogbreeds/analysis/plots.py" not in code_closure(stage_script(stages()[name]))
+
+
+def test_kernels_restale_no_report():
+    """The report reads the sizes the train stage recorded: it runs no net and no kernel."""
+    report = stages()["report"]
+    runs = code_closure(stage_script(report))
+    for path in {*report["deps"], *runs}:
+        assert not path.startswith(("src/dogbreeds/ops/", "src/dogbreeds/nets/")), path

@@ -1,11 +1,15 @@
 """Concurrent experiments: `dvc queue start -j 2` runs 4 queued experiments two at a time in
 temporary copies, all logging into the main repository's mlflow.db (found through DVC_ROOT).
 
-Every MLflow run must be present and complete, and no stage may fail with "database is locked".
+Every MLflow run must be present and complete, no stage may fail with "database is locked", and
+registering champions afterwards picks the same runs as a serial run would.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,3 +57,30 @@ def test_four_queued_experiments_two_at_a_time_all_reach_mlflow(project: Path) -
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
         assert sorted(steps) == [1, 2, 3], name
     assert not (project / ".resume").exists()  # every training finished and cleaned up
+
+    # Registration reads an experiment's own outputs, whatever order the queue finished in:
+    # the champion is the run its metrics name, and a serial rerun picks the same one.
+    champions = {}
+    for name in ("seed-3", "seed-1"):
+        run(["dvc", "exp", "apply", name], project)
+        champions[name] = register(project)
+        trained = json.loads((project / f"metrics/train/cnn-s20_14_6-{name[-1]}.json").read_text())
+        assert champions[name]["run_id"] == trained["mlflow_run_id"], name
+        assert register(project) == champions[name]  # idempotent: no new version
+    assert [c["version"] for c in champions.values()] == ["1", "2"]
+    run(["dvc", "exp", "run", "--force", "-S", "train.seeds=[3]"], project, env=ONE_THREAD)
+    serial = register(project)
+    assert serial["run"] == champions["seed-3"]["run"] == "cnn-s20_14_6-3"
+    assert serial["val_acc"] == champions["seed-3"]["val_acc"]  # bit-identical CPU rerun
+    assert serial["run_id"] != champions["seed-3"]["run_id"]  # a new training, same choice
+
+
+def register(project: Path) -> dict[str, str]:
+    """`python -m dogbreeds register` in the workspace: the cnn champion it printed."""
+    out = run([sys.executable, "-m", "dogbreeds", "register"], project, env=ONE_THREAD).stdout
+    line = next(x for x in out.splitlines() if x.startswith("models:/dogbreeds-cnn@champion"))
+    match = re.match(
+        r"models:/dogbreeds-cnn@champion: version (\d+), run (\S+) \((\w+)\), val_acc (\S+)", line
+    )
+    assert match, line
+    return dict(zip(("version", "run", "run_id", "val_acc"), match.groups(), strict=True))

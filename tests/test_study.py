@@ -49,10 +49,21 @@ def tracked_runs(repo: Path) -> list:
     return client.search_runs([experiment.experiment_id], max_results=1000)
 
 
+def stale_stages(repo: Path) -> set[str]:
+    """The stages `dvc status` reports as changed."""
+    return set(json.loads(run(["dvc", "status", "--json"], repo).stdout))
+
+
 def stale_trainings(repo: Path) -> set[str]:
     """The train stages `dvc status` reports as changed."""
-    status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
-    return {name for name in status if name.startswith("train@")}
+    return {name for name in stale_stages(repo) if name.startswith("train@")}
+
+
+def append_comment(repo: Path, *files: str) -> None:
+    for file in files:
+        path = repo / file
+        comment = "#" if file.endswith(".py") else "//"
+        path.write_text(path.read_text() + f"\n{comment} an edit that changes no number\n")
 
 
 def commit(repo: Path, message: str) -> None:
@@ -79,6 +90,7 @@ def test_study_reruns_only_what_changed_and_tracks_every_run(project: Path):
     for net in ("CNN", "DSC", "DeformableCNN"):
         assert f"## DogBreedClassification{net}" in report
     assert len(list((project / "metrics/figures").glob("*-accuracy.png"))) == 9
+    assert len(list((project / "metrics/figures").glob("*-confusion.png"))) == 9
     assert (project / "metrics/figures/robustness.png").exists()
     offsets = project / "metrics/offsets"
     assert {p.name for p in offsets.glob("*.png")} == {
@@ -94,12 +106,19 @@ def test_study_reruns_only_what_changed_and_tracks_every_run(project: Path):
     assert ran(run(["dvc", "repro"], project, env=ONE_THREAD)) == set()
     commit(project, "study")
 
-    # 2b. Edits that cannot change a trained net leave every training up to date, and a
-    # deformable-only knob makes only the deformable trainings stale.
-    for module in ("plots.py", "tracking.py", "progress.py"):
-        path = project / "src" / "dogbreeds" / module
-        path.write_text(path.read_text() + "\n# an edit that changes no number\n")
-    assert not stale_trainings(project)
+    # 2b. Edits that cannot change a trained net leave every training and evaluation up to
+    # date: restyling a figure reruns the figures' stages only.
+    pkg = "src/dogbreeds"
+    append_comment(project, f"{pkg}/analysis/plots.py", f"{pkg}/tracking/runs.py",
+                   f"{pkg}/common/progress.py")  # fmt: skip
+    assert stale_stages(project) == {"preview", "offsets", "report"}
+    run(["git", "checkout", "--", "."], project)
+    # A kernel edit restales what runs the kernel, never the report (it reads recorded sizes).
+    append_comment(project, f"{pkg}/ops/csrc/deform_conv_cpu.cpp", f"{pkg}/ops/deform_conv.py")
+    stale = stale_stages(project)
+    assert "report" not in stale and "train@deformable-s20_14_6-0" in stale
+    run(["git", "checkout", "--", "."], project)
+    # A deformable-only knob makes only the deformable trainings stale.
     set_params(project, **{"model.deformable.offset_lr_mult": 0.2})
     assert stale_trainings(project) == {f"train@deformable-{s}-0" for s in SCHEDULES}
     run(["git", "checkout", "--", "."], project)
@@ -152,6 +171,6 @@ def test_study_reruns_only_what_changed_and_tracks_every_run(project: Path):
     assert [r.info.run_name for r in from_exp] == ["cnn-s20_14_6-0"]
     assert "test_acc" in from_exp[0].data.metrics  # the evaluation found the training's run
     artifacts = project / "mlartifacts" / from_exp[0].info.run_id / "artifacts"
-    assert (artifacts / "cnn-s20_14_6-0-confusion.png").exists()  # survived the temporary copy
+    assert (artifacts / "cnn-s20_14_6-0-confusion.json").exists()  # survived the temporary copy
     shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], project).stdout
     assert "cool-cnn" in shown

@@ -56,7 +56,7 @@ class CompareError(DogbreedsError):
     """The experiments cannot be read or compared; the message names the file or param."""
 
 
-def run_name(arch: str, schedule: str) -> str:
+def pre_seed_run_name(arch: str, schedule: str) -> str:
     """The name of one (net, schedule) run before seeds: its metrics files were
     metrics/*/<name>.json. Newer experiments keep per-run files out of DVC's metrics."""
     return f"{arch}-{schedule}"
@@ -173,7 +173,7 @@ def results_of(name: str, state: dict) -> list[Result]:
     results = []
     for arch in param(params, "train.archs", name):
         for schedule in param(params, "train.schedules", name):
-            run = run_name(arch, schedule)
+            run = pre_seed_run_name(arch, schedule)
             evaluation = (headline or {}).get(arch, {}).get(schedule)
             if not isinstance(evaluation, dict):  # an experiment from before seeds
                 evaluation = metrics_file(metrics, f"metrics/eval/{run}.json")

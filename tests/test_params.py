@@ -34,6 +34,8 @@ def test_the_repository_params_are_the_papers_study():
         assert schedule.max_lr == [0.01, 0.001, 0.0001]
     assert params.train.batch_size == 32
     assert params.train.weight_decay == 1e-4 and params.train.grad_clip == 0.1
+    assert params.report.bootstrap_resamples == 10_000
+    assert params.report.seed == 22 and params.report.power == 0.8
 
 
 @pytest.mark.parametrize(
@@ -74,6 +76,11 @@ def test_the_repository_params_are_the_papers_study():
         ("data.stanford.sha256", "abc", "'data.stanford.sha256' must be 64 hex digits"),
         ("train.batch_size", 0, "'train.batch_size' must be >= 1"),
         ("train.one_cycle.pct_start", 1.5, "'train.one_cycle.pct_start' must be <= 1"),
+        ("report.bootstrap_resamples", 50, "'report.bootstrap_resamples' must be >= 200"),
+        ("report.bootstrap_resamples", 2000.5, "'report.bootstrap_resamples' must be an integer"),
+        ("report.seed", -1, "'report.seed' must be >= 0"),
+        ("report.power", 1.0, "'report.power' must be < 1"),
+        ("report.power", 0, "'report.power' must be > 0"),
     ],
 )
 def test_invalid_values_name_their_key(key, value, message):
@@ -85,6 +92,16 @@ def test_missing_key_is_named():
     tree = copy.deepcopy(TREE)
     del tree["train"]["grad_clip"]
     with pytest.raises(ParamsError, match="missing key 'train.grad_clip'"):
+        parse_params(tree)
+
+
+def test_report_keys_are_checked_like_every_other():
+    tree = copy.deepcopy(TREE)
+    tree["report"]["resamples"] = tree["report"].pop("bootstrap_resamples")
+    with pytest.raises(ParamsError, match="unknown key 'report.resamples'; did you mean"):
+        parse_params(tree)
+    del tree["report"]
+    with pytest.raises(ParamsError, match="missing key 'report.bootstrap_resamples'"):
         parse_params(tree)
 
 

@@ -31,6 +31,8 @@ AMPS = ("auto", "off", "bf16", "fp16")
 ROBUSTNESS_KINDS = ("affine", "perspective", "elastic", "all")
 # The nets halve the side 4 times (models.py): below 16 px the last layers see a padded pixel.
 MIN_RESOLUTION = 16
+# Percentile intervals read the 2.5% tails of the resamples: fewer than this leaves a handful.
+MIN_RESAMPLES = 200
 
 
 class ParamsError(DogbreedsError):
@@ -147,6 +149,15 @@ class RobustnessParams:
 
 
 @dataclass(frozen=True)
+class ReportParams:
+    """The report's statistics (docs/statistics.md); only the report stage reads them."""
+
+    bootstrap_resamples: int  # joint resamples of seeds and test images
+    seed: int  # seeds the resampling, so the report repeats bit for bit
+    power: float  # "how many seeds would decide": the power the paired t test should reach
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams
     merge: MergeParams
@@ -155,6 +166,7 @@ class Params:
     model: ModelParams
     train: TrainParams
     robustness: RobustnessParams
+    report: ReportParams
 
 
 def _get(tree: dict, key: str) -> Any:
@@ -421,6 +433,13 @@ def parse_params(tree: dict) -> Params:
         kinds=_choices(tree, "robustness.kinds", ROBUSTNESS_KINDS),
         strengths=[float(v) for v in strengths],
     )
+    report = ReportParams(
+        bootstrap_resamples=_num(tree, "report.bootstrap_resamples", int, MIN_RESAMPLES),
+        seed=_num(tree, "report.seed", int, 0),
+        power=_num(tree, "report.power", float, 0, 1, lo_open=True),
+    )
+    if report.power >= 1:
+        raise ParamsError(f"params: 'report.power' must be < 1, got {report.power!r}")
     return Params(
         data=data,
         merge=merge,
@@ -429,6 +448,7 @@ def parse_params(tree: dict) -> Params:
         model=model,
         train=train,
         robustness=robustness,
+        report=report,
     )
 
 

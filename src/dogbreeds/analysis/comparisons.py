@@ -1,8 +1,8 @@
 """Paired comparisons of the nets: differences over seeds, McNemar per seed, the answers.
 
 Net a against net b on one schedule, on the same seeds and the same test images: a paired
-interval per measure (`COMPARED`) and McNemar's exact test per seed. `answer` turns them into
-the report's answers to the paper's two questions.
+test per measure (`COMPARED`) and McNemar's exact test per seed. `analysis.decisions` turns
+them into the report's answers to the paper's two questions.
 """
 
 from __future__ import annotations
@@ -11,15 +11,23 @@ import itertools
 from dataclasses import dataclass
 
 from dogbreeds.analysis.results import (
-    ALPHA,
     ReportError,
     RunResult,
     cell,
     curve_drop,
     drop,
     fmt_interval,
+    fmt_number,
 )
-from dogbreeds.analysis.stats import Interval, McNemar, holm, mcnemar_exact, paired_difference
+from dogbreeds.analysis.stats import (
+    ALPHA,
+    MIN_DISTINCT,
+    McNemar,
+    PairedTest,
+    holm,
+    mcnemar_exact,
+    paired_test,
+)
 from dogbreeds.params import Params
 
 # What each comparison measures, per run: the name in the tables and how to read it off a run.
@@ -47,7 +55,7 @@ class Comparison:
     a: str
     b: str
     schedule: str
-    differences: dict[str, Interval]  # measure name -> interval of a − b over seeds
+    differences: dict[str, PairedTest]  # measure name -> paired test of a − b over seeds
     mcnemar: list[tuple[int, str, McNemar]]  # (seed, split, McNemar) on the same test images
 
 
@@ -58,7 +66,7 @@ def compare(params: Params, runs: list[RunResult]) -> list[Comparison]:
         for a, b in itertools.combinations(params.train.archs, 2):
             runs_a, runs_b = cell(runs, a, schedule), cell(runs, b, schedule)
             differences = {
-                what: paired_difference([get(r) for r in runs_a], [get(r) for r in runs_b])
+                what: paired_test([get(r) for r in runs_a], [get(r) for r in runs_b])
                 for what, get in measures(params).items()
             }
             tests = []
@@ -83,6 +91,14 @@ def mcnemar_on_same_images(run_a: RunResult, run_b: RunResult, split: str) -> Mc
     )
 
 
+def fmt_test(test: PairedTest) -> str:
+    """A paired difference as the tables show it: mean [95% CI], or why it is not tested."""
+    if test.identical:
+        return f"{fmt_number(test.interval.mean, signed=True)} on every seed"
+    text = fmt_interval(test.interval, signed=True)
+    return f"{text} ({test.distinct} values)" if test.degenerate and test.interval.n > 1 else text
+
+
 def pairs_table(comparisons: list[Comparison]) -> str:
     """Paired differences a − b over seeds with 95% CIs, one row per pair and schedule."""
     names = list(comparisons[0].differences) if comparisons else list(COMPARED)
@@ -91,8 +107,15 @@ def pairs_table(comparisons: list[Comparison]) -> str:
         "|---|---|" + "---:|" * len(names),
     ]
     for c in comparisons:
-        cells = [fmt_interval(c.differences[what], signed=True) for what in names]
+        cells = [fmt_test(c.differences[what]) for what in names]
         lines.append(f"| {c.a} − {c.b} | {c.schedule} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Per comparison, 95% each. 'on every seed' marks a difference that is the same on every "
+        f"seed, '(k values)' one with fewer than {MIN_DISTINCT} distinct values over the seeds: "
+        "neither is ever counted as significant (seeds that all moved by the same amount are "
+        "one run's worth of evidence, whatever the width of their interval).",
+    ]
     return "\n".join(lines)
 
 
@@ -118,43 +141,3 @@ def mcnemar_table(comparisons: list[Comparison]) -> str:
         f"{ALPHA:g} unadjusted, {significant} after Holm's adjustment (marked *).",
     ]
     return "\n".join(lines)
-
-
-def answer(question: str, what: str, comparisons: list[Comparison], seeds: int) -> str:
-    """One plain sentence answering `question` from the deformable net's paired differences
-    `what` against every other net on every schedule: yes when every 95% CI lies above 0, no
-    when none does and some lie below, otherwise a count of each, or "cannot decide"."""
-    ours = [c for c in comparisons if "deformable" in (c.a, c.b)]
-    if not ours:
-        return f"**{question}** Not asked: the deformable net is not in params train.archs."
-    if seeds < 2:
-        return (
-            f"**{question}** The data cannot decide: with one seed per cell there is no "
-            "interval (set train.seeds to several seeds)."
-        )
-    facts, above, below = [], 0, 0
-    for c in ours:
-        diff = c.differences[what]
-        sign = 1 if c.a == "deformable" else -1  # orient as deformable − other
-        other = c.b if c.a == "deformable" else c.a
-        low, high = sorted((sign * diff.low, sign * diff.high))
-        mean = sign * diff.mean
-        above += low > 0
-        below += high < 0
-        facts.append(f"vs {other} on {c.schedule}: {mean:+.4f} [{low:+.4f}, {high:+.4f}]")
-    n = len(ours)
-    if above == n:
-        verdict = "Yes"
-    elif below == n:
-        verdict = "No, it does worse"
-    elif above == 0 and below == 0:
-        verdict = "The data cannot decide: every 95% CI of the difference contains 0"
-    else:
-        verdict = (
-            f"It depends: better in {above}, worse in {below} and undecided in "
-            f"{n - above - below} of {n} comparisons"
-        )
-    return (
-        f"**{question}** {verdict} (deformable − other, {what}, mean [95% CI] over {seeds} "
-        f"seeds: {'; '.join(facts)})."
-    )

@@ -3,9 +3,12 @@
 `run_report` (called by `stages/report.py`) reads the train and eval outputs of every
 (arch, schedule, seed) listed in params and writes `metrics/report.md`, the small headline
 metrics file `metrics/headline.json` that `dvc metrics show` / `dvc exp show` compare, and
-accuracy curves under `metrics/figures/`, like the report's Figures 1-3. The paper's numbers are in
-`analysis.paper`, the runs' outputs are read by `analysis.results`, the paired tests are in
-`analysis.comparisons` and the statistics in `analysis.stats`.
+accuracy curves under `metrics/figures/`, like the report's Figures 1-3. The paper's numbers
+are in `analysis.paper`, the runs' outputs are read by `analysis.results`, the per-cell tables
+(with prediction intervals) are in `analysis.cells`, the paired tests in
+`analysis.comparisons`, the verdicts and seeds-needed estimates in `analysis.decisions`, the
+bootstrap over test images and seeds in `analysis.bootstrap` and the formulas in
+`analysis.stats` (methods: docs/statistics.md).
 """
 
 from __future__ import annotations
@@ -17,14 +20,26 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from dogbreeds.analysis.comparisons import CURVE, answer, compare, mcnemar_table, pairs_table
+from dogbreeds.analysis.bootstrap import bootstrap_study, bootstrap_tables
+from dogbreeds.analysis.cells import (
+    ROBUSTNESS_COLUMNS,
+    results_table,
+    robustness_curves,
+    robustness_curves_table,
+    robustness_table,
+)
+from dogbreeds.analysis.comparisons import (
+    CURVE,
+    compare,
+    fmt_test,
+    mcnemar_table,
+    pairs_table,
+)
+from dogbreeds.analysis.decisions import answer, family_note, seeds_needed_table, t_verdict
 from dogbreeds.analysis.paper import (
     NET_NAMES,
     PAPER_PARAMS,
     PAPER_RESOLUTION,
-    PAPER_RESULTS,
-    ROWS,
-    paper_column,
     schedule_label,
 )
 from dogbreeds.analysis.plots import plot_accuracy, plot_confusion, plot_robustness
@@ -32,43 +47,13 @@ from dogbreeds.analysis.results import (
     ReportError,
     RunResult,
     cell,
-    drop,
     fmt_interval,
     load_results,
     read_json,
 )
-from dogbreeds.analysis.stats import Interval, paired_difference, t_interval
+from dogbreeds.analysis.stats import paired_test, t_interval
 from dogbreeds.common.fs import atomic_path, write_json
 from dogbreeds.params import Params, run_name
-
-
-def results_table(runs: list[RunResult]) -> str:
-    """One net's results, rows = (metric, schedule): paper, our mean and 95% CI over seeds, the
-    per-seed values, and whether the paper's number lies inside our CI."""
-    lines = [
-        "| metric | schedule | paper | ours: mean [95% CI] | per seed | paper in CI |",
-        "|---|---|---:|---:|---|:---:|",
-    ]
-    schedules = list(dict.fromkeys(r.schedule.name for r in runs))
-    for row in ROWS:
-        for name in schedules:
-            seeds = [r for r in runs if r.schedule.name == name]
-            values = [r.value(row) for r in seeds]
-            interval = t_interval(values)
-            column = paper_column(seeds[0].schedule)
-            label = f"{name} ({schedule_label(seeds[0].schedule)})"
-            if column is None:
-                paper, inside = "-", "-"
-            else:
-                number = PAPER_RESULTS[seeds[0].arch][row][column]
-                contains = interval.contains(number)
-                paper = f"{number:.4f}"
-                inside = "-" if contains is None else ("yes" if contains else "no")
-            per_seed = ", ".join(f"{v:.4f}" for v in values)
-            lines.append(
-                f"| {row} | {label} | {paper} | {fmt_interval(interval)} | {per_seed} | {inside} |"
-            )
-    return "\n".join(lines)
 
 
 def size_table(runs: list[RunResult], archs: list[str]) -> str:
@@ -101,86 +86,6 @@ def cell_of_arch(runs: list[RunResult], arch: str) -> RunResult:
     return next(run for run in runs if run.arch == arch)
 
 
-def robustness_table(params: Params, runs: list[RunResult]) -> str:
-    """Clean and deformed test accuracy and their difference, mean [95% CI] over seeds."""
-    lines = [
-        "| net | schedule | clean test acc | deformed test acc | Δ (deformed − clean) |",
-        "|---|---|---:|---:|---:|",
-    ]
-    for arch in params.train.archs:
-        for schedule in params.train.schedules:
-            seeds = cell(runs, arch, schedule)
-            clean = t_interval([r.eval["clean_test_acc"] for r in seeds])
-            deformed = t_interval([r.eval["test_acc"] for r in seeds])
-            delta = t_interval([drop(r) for r in seeds])
-            lines.append(
-                f"| {arch} | {schedule} | {fmt_interval(clean)} | {fmt_interval(deformed)} "
-                f"| {fmt_interval(delta, signed=True)} |"
-            )
-    return "\n".join(lines)
-
-
-ROBUSTNESS_COLUMNS = ("schedule", "kind", "arch", "strength", "mean", "low", "high", "n", "seeds")
-
-
-def robustness_curves(params: Params, runs: list[RunResult]) -> list[dict]:
-    """Mean test accuracy and 95% CI over seeds per (schedule, kind, arch, strength): the rows
-    of metrics/robustness.tsv (a DVC plot) and of the robustness figure."""
-    rows = []
-    for schedule in params.train.schedules:
-        for kind in params.robustness.kinds:
-            for arch in params.train.archs:
-                seeds = cell(runs, arch, schedule)
-                for strength in params.robustness.strengths:
-                    key = f"{strength:g}"
-                    try:
-                        values = [r.robustness[kind][key] for r in seeds]
-                    except KeyError:
-                        raise ReportError(
-                            f"metrics/eval/{seeds[0].name}-robustness.json: no {kind} at "
-                            f"strength {key} (rerun the evaluate stages: dvc repro)"
-                        ) from None
-                    interval = t_interval(values)
-                    rows.append(
-                        {
-                            "schedule": schedule,
-                            "kind": kind,
-                            "arch": arch,
-                            "strength": strength,
-                            "mean": interval.mean,
-                            "low": interval.low,
-                            "high": interval.high,
-                            "n": interval.n,
-                            "seeds": ", ".join(f"{v:.4f}" for v in values),
-                        }
-                    )
-    return rows
-
-
-def robustness_curves_table(rows: list[dict], strengths: tuple[float, ...] = (1.0, 2.0)) -> str:
-    """Test accuracy per net, schedule and kind at the study's strength (1) and twice it."""
-    shown = [s for s in strengths if any(r["strength"] == s for r in rows)]
-    lines = [
-        "| net | schedule | kind | "
-        + " | ".join(f"strength {s:g}: mean [95% CI]" for s in shown)
-        + " |",
-        "|---|---|---|" + "---:|" * len(shown),
-    ]
-    keys = list(dict.fromkeys((r["arch"], r["schedule"], r["kind"]) for r in rows))
-    for arch, schedule, kind in sorted(keys, key=lambda k: (k[1], k[2])):
-        cells = []
-        for strength in shown:
-            (row,) = [
-                r
-                for r in rows
-                if (r["arch"], r["schedule"], r["kind"], r["strength"])
-                == (arch, schedule, kind, strength)
-            ]
-            cells.append(fmt_interval(Interval(row["mean"], row["low"], row["high"], row["n"])))
-        lines.append(f"| {arch} | {schedule} | {kind} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def write_tsv(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, columns, delimiter="\t", lineterminator="\n")
@@ -196,7 +101,7 @@ def offsets_table(params: Params, offsets: dict) -> tuple[str, str]:
         "| schedule | layer | clean: mean [95% CI] | deformed: mean [95% CI] | deformed − clean |",
         "|---|---|---:|---:|---:|",
     ]
-    grow = shrink = total = 0
+    tests = []
     for schedule in params.train.schedules:
         names = [run_name("deformable", schedule, seed) for seed in params.train.seeds]
         runs = [offsets[name] for name in names if name in offsets]
@@ -205,22 +110,28 @@ def offsets_table(params: Params, offsets: dict) -> tuple[str, str]:
         for layer in runs[0]:
             clean = [r[layer]["clean"] for r in runs]
             deformed = [r[layer]["deformed"] for r in runs]
-            diff = paired_difference(deformed, clean)
-            total += 1
-            grow += diff.low > 0
-            shrink += diff.high < 0
+            tests.append(paired_test(deformed, clean))
             lines.append(
                 f"| {schedule} | {layer} | {fmt_interval(t_interval(clean))} "
-                f"| {fmt_interval(t_interval(deformed))} | {fmt_interval(diff, signed=True)} |"
+                f"| {fmt_interval(t_interval(deformed))} | {fmt_test(tests[-1])} |"
             )
-    if total == 0:
+    if not tests:
         return "", "No deformable net in params train.archs: no offsets to show."
     if len(params.train.seeds) < 2:
         verdict = "The data cannot decide: with one seed per cell there is no interval."
     else:
+        found, _ = t_verdict(tests)
+        m = len(tests)
+        how = (
+            "every paired 95% CI on the same side: an intersection-union test"
+            if found.kind in ("yes", "no")
+            else f"Holm over the {m} paired t tests"
+        )
+        untested = sum(t.degenerate for t in tests)
         verdict = (
-            f"They grow on deformed images in {grow}, shrink in {shrink} and are undecided in "
-            f"{total - grow - shrink} of {total} (schedule, layer) cells (paired 95% CIs)."
+            f"They grow on deformed images in {found.above}, shrink in {found.below} and are "
+            f"undecided in {m - found.above - found.below} of {m} (schedule, layer) cells ({how})"
+            + (f"; {untested} not tested (fewer than 3 distinct values)." if untested else ".")
         )
     return "\n".join(lines), f"**Do offsets grow on deformed images?** {verdict}"
 
@@ -228,7 +139,8 @@ def offsets_table(params: Params, offsets: dict) -> tuple[str, str]:
 def headline(params: Params, runs: list[RunResult]) -> dict:
     """metrics/headline.json: per net and schedule, means over seeds of the deformed and clean
     test accuracy, the last epoch's val accuracy and the training wall time; all that
-    `dvc metrics show`, `dvc exp show` and `dogbreeds.commands.compare` need to compare experiments."""
+    `dvc metrics show`, `dvc exp show` and `dogbreeds.commands.compare` need to compare
+    experiments."""
 
     def mean(values: list[float], digits: int) -> float:
         return round(t_interval(values).mean, digits)
@@ -279,12 +191,20 @@ def render_report(params: Params, runs: list[RunResult], curves: list[dict], off
     test_images = runs[0].test_images if runs else 0
     seeds = len(params.train.seeds)
     comparisons = compare(params, runs)
+    cells = {(a, s): cell(runs, a, s) for a in params.train.archs for s in params.train.schedules}
+    boot = bootstrap_study(cells, params.report.bootstrap_resamples, params.report.seed)
+    boot_cells, boot_pairs = bootstrap_tables(boot)
     curve_question = "And along the robustness curve (all kinds, every strength above 0)?"
     curve_answer = (
         ["- " + answer(curve_question, CURVE, comparisons, seeds)]
         if comparisons and CURVE in comparisons[0].differences
         else []
     )
+    questions = {
+        "Does the deformable net generalise better?": "clean test acc",
+        "Does it resist deformation better?": "deformed − clean",
+    }
+    m = sum("deformable" in (c.a, c.b) for c in comparisons)
     out = [
         "# Results beside the paper",
         "",
@@ -300,22 +220,24 @@ def render_report(params: Params, runs: list[RunResult], curves: list[dict], off
         "test_* are scored on the randomly deformed validation and test sets, as in the paper "
         f"({test_images} test images: one image moves test accuracy by "
         f"{1 / max(test_images, 1):.4f}). Our numbers are the mean over seeds with a 95% "
-        "Student-t confidence interval; 'paper in CI' says whether the paper's single run "
-        "lies inside it.",
+        "Student-t confidence interval. The paper trained one net per cell, so its number is "
+        "held against the 95% prediction interval of one of our runs (mean ± t·s·√(1 + 1/n)): "
+        "'paper in PI' says whether it lies inside. Methods: `docs/statistics.md`.",
         "",
         "## The paper's two questions",
         "",
-        "- "
-        + answer(
-            "Does the deformable net generalise better?", "clean test acc", comparisons, seeds
-        ),
-        "- " + answer("Does it resist deformation better?", "deformed − clean", comparisons, seeds),
+        *["- " + answer(q, what, comparisons, seeds, boot.pairs) for q, what in questions.items()],
         *curve_answer,
         "",
         "Generalisation is read on the clean test images (unseen photos, no deformation); "
         "resistance is the paired difference of what the deformations cost each net "
         "(deformed − clean test accuracy), at the study's strength and averaged along the "
         "robustness curve of all kinds. All compare nets trained from the same seeds.",
+        *(["", family_note(m)] if m else []),
+        "",
+        "## How many seeds would decide",
+        "",
+        seeds_needed_table(questions, comparisons, params.report.power, seeds),
     ]
     for arch in params.train.archs:
         arch_runs = [run for run in runs if run.arch == arch]
@@ -363,7 +285,21 @@ def render_report(params: Params, runs: list[RunResult], curves: list[dict], off
         "Multiple comparisons: with many tests at 5%, about one in twenty comes out "
         "'significant' by chance alone. The Holm column adjusts every p above for all tests of "
         "this table together; the CIs above are per comparison (95% each), so read a single CI "
-        "that barely excludes 0 among many with caution.",
+        "that barely excludes 0 among many with caution. The answers and the offsets verdict "
+        "adjust over their own families (above).",
+        "",
+        "## Over test images and seeds: bootstrap",
+        "",
+        "The intervals above vary the seeds on one fixed test set. Here each of "
+        f"{boot.resamples:,} resamples (`report.bootstrap_resamples`, seed `report.seed` = "
+        f"{params.report.seed}) draws the seeds and the {test_images} test images with "
+        "replacement, and scores every net on the same draw, so pairs stay paired. Intervals "
+        "are 95% percentile intervals around the observed mean; each one alone, as above. The "
+        "robustness-curve measure has no per-image predictions and is not resampled.",
+        "",
+        boot_cells,
+        "",
+        boot_pairs,
         "",
         "## Model size",
         "",
@@ -406,9 +342,11 @@ def run_report(params: Params, metrics_dir: Path = Path("metrics")) -> str:
                     f"evaluation (dvc repro --force evaluate@{run.name})"
                 )
             plot_confusion(
-                torch.tensor(confusion), list(run.eval["per_class_test_acc"]), folder / confusion_name(run),
+                torch.tensor(confusion),
+                list(run.eval["per_class_test_acc"]),
+                folder / confusion_name(run),
                 f"{run.name}: deformed test, acc {run.eval['test_acc']:.4f}",
-            )  # fmt: skip
+            )
     offsets = read_json(metrics_dir / "offsets" / "offsets.json")
     markdown = render_report(params, runs, curves, offsets)
     write_json(metrics_dir / "headline.json", headline(params, runs))

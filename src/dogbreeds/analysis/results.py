@@ -23,9 +23,6 @@ class ReportError(DogbreedsError):
     """A metrics file the report needs is missing or unreadable; the message names it."""
 
 
-ALPHA = 0.05  # the level of every test and (1 - ALPHA) of every interval, as in stats.CONFIDENCE
-
-
 @dataclass
 class RunResult:
     """Everything the report shows about one trained net: one (arch, schedule, seed)."""
@@ -102,12 +99,18 @@ def cell(runs: list[RunResult], arch: str, schedule: str) -> list[RunResult]:
     return [r for r in runs if r.arch == arch and r.schedule.name == schedule]
 
 
+def fmt_number(value: float, signed: bool = False) -> str:
+    """'0.4400', or '+0.4400' signed; float noise around 0 prints as +0.0000, not -0.0000."""
+    value = value if abs(value) > 1e-12 else 0.0
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
 def fmt_interval(interval: Interval, signed: bool = False) -> str:
     """'0.4400 [0.4007, 0.4793]'; the mean alone when one seed gives no interval."""
-    f = "{:+.4f}" if signed else "{:.4f}"
+    mean = fmt_number(interval.mean, signed)
     if interval.n < 2:
-        return f.format(interval.mean)
-    return f"{f.format(interval.mean)} [{f.format(interval.low)}, {f.format(interval.high)}]"
+        return mean
+    return f"{mean} [{fmt_number(interval.low, signed)}, {fmt_number(interval.high, signed)}]"
 
 
 def drop(run: RunResult) -> float:

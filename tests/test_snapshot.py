@@ -81,6 +81,7 @@ def test_a_snapshot_holds_the_report_runs_small_figures_and_provenance(finished,
     assert provenance["wall_time_s"] == 123.0
     assert provenance["trainings_wall_time_s"] == 90.0 * len(rows)
     assert provenance["machine"]["cores"] >= 1
+    assert provenance["code_changed_since_commit"] == []
 
 
 def test_an_unfinished_study_is_named_and_leaves_nothing(finished, tmp_path):

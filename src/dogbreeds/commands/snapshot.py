@@ -180,7 +180,15 @@ def figures(params: Params, repo: Path) -> dict[str, Path]:
     return {dest: need(source) for dest, source in chosen.items()}
 
 
-def snapshot(repo: Path, name: str, results: Path, wall_time_s: float | None = None) -> Path:
+def changed_code(repo: Path) -> list[str]:
+    """Code files that differ from the commit (a report rerun with newer code, say)."""
+    status = git(repo, "status", "--porcelain", "--", "src", "stages", "dvc.yaml") or ""
+    return sorted(line[3:] for line in status.splitlines() if line.strip())
+
+
+def snapshot(
+    repo: Path, name: str, results: Path, wall_time_s: float | None = None, note: str = ""
+) -> Path:
     """Write results/<name>/ from the finished study in `repo`; returns the folder."""
     params = load_params(repo / "params.yaml")
     metrics = repo / "metrics"
@@ -199,6 +207,8 @@ def snapshot(repo: Path, name: str, results: Path, wall_time_s: float | None = N
             {
                 "name": name,
                 "commit": (git(repo, "rev-parse", "HEAD") or "").strip() or None,
+                "code_changed_since_commit": changed_code(repo),
+                "note": note,
                 "dvc_exp_name": os.environ.get("DVC_EXP_NAME"),
                 "params_changed": params_diff(repo),
                 "machine": machine(),
@@ -219,8 +229,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repo", type=Path, default=Path("."), help="where the study ran")
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--wall-time-s", type=float, help="the study's wall time, as measured")
+    parser.add_argument("--note", default="", help="how the study was run, in a sentence")
     args = parser.parse_args(argv)
-    run_stage(lambda: print(snapshot(args.repo, args.name, args.results, args.wall_time_s)))
+    run_stage(
+        lambda: print(snapshot(args.repo, args.name, args.results, args.wall_time_s, args.note))
+    )
 
 
 if __name__ == "__main__":

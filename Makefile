@@ -37,7 +37,7 @@ clean-venv:
 bench: $(VENV)/.installed  ## training-step throughput per net, backend, batch and precision
 	$(BIN)/python -m dogbreeds bench --out bench
 
-# MobileNet's width x resolution grid (README "Width and resolution multipliers"): `make grid`
+# MobileNet's width x resolution grid (docs/experiments.md): `make grid`
 # queues one DVC experiment per (alpha, side), `dvc queue start -j 1` runs them, `make compare`
 # draws accuracy against MACs and params. Pass more options in GRID_ARGS / COMPARE_ARGS, e.g.
 # make grid GRID_ARGS="--resolutions 64 56 48 40 -S 'train.seeds=[0]'".
@@ -49,7 +49,7 @@ compare: $(VENV)/.installed  ## accuracy vs MACs / params of the experiments: fi
 	PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH=src $(BIN)/python -m dogbreeds compare $(COMPARE_ARGS)
 
 # ----------------------------------------------------------------------------- a team
-# README "From one laptop to a team": PostgreSQL + an MLflow tracking server on 127.0.0.1.
+# docs/team.md: PostgreSQL + an MLflow tracking server on 127.0.0.1.
 # PGPASSWORD (the database role mlflow's password) comes from your environment, never a URI.
 PGDATA ?= $(CURDIR)/.pgdata
 PGPORT ?= 5432

@@ -179,7 +179,7 @@ def test_unknown_backend_is_rejected():
 
 def test_auto_backend_follows_the_table():
     assert default_backend("cpu") == "fused"
-    assert default_backend("cuda") == "triton"  # measured on an H200 (README, Speed)
+    assert default_backend("cuda") == "triton"  # measured on an H200 (docs/performance.md)
     assert default_backend("meta") == "reference"
 
 

@@ -48,10 +48,21 @@ the stage with one line `error: ...` on stderr, exit status 1, and no output.
 | 36 | `model.resolution: 8`                  | `... 'model.resolution' is 8: too small for the nets, which halve the side 4 times; use >= 16` |
 | 37 | a breed with 2 images after merge      | `breed 'pug' has 2 image(s) after merge; a stratified train/val/test split needs at least 3 per breed (...)` |
 | 38 | a directory source changed upstream    | `data.dbi: tree hash mismatch for <path>: expected <pin> (data.dbi.sha256), got <hash>` (test_sources) |
+| 39 | `models/<run>.pt` cut in half          | evaluate: `models/<run>.pt: truncated or not a dogbreeds checkpoint (PytorchStreamReader failed reading zip archive: failed finding central directory); restore DVC's copy with `dvc checkout --force models/<run>.pt` (or delete it and run dvc repro)` |
+| 40 | `data/prepared/train.pt` cut in half   | train: `data/prepared/train.pt: truncated or not a prepared split (<torch's reason>); restore DVC's copy with `dvc checkout --force data/prepared` (or delete it and run dvc repro)` |
+| 41 | a resume state cut in half             | warning `<root>/.resume/<run>-<key>.pt: unreadable resume state (PytorchStreamReader ...); training from scratch`, then the same weights as an uninterrupted run |
+| 42 | `mlflow.db` cut in half                | `<root>/mlflow.db: a damaged SQLite database (database disk image is malformed); move it aside (mv <db> <db>.broken) and rerun to start a new store (the runs it held are lost unless you have a copy)` |
+| 43 | `mlflow.db` overwritten by an HTML page | `<root>/mlflow.db: not an SQLite database; move it aside (...) ...`; after the `mv` the stage runs |
+| 44 | full disk writing `data/prepared`      | deform: `data/prepared: no space left on device while writing it (nothing was written); free some space and run the stage again` (test_full_disk) |
+| 45 | full disk writing a checkpoint         | train: `models/<run>.pt: no space left on device ...`; the rerun resumes after the last epoch (test_full_disk) |
+| 46 | full disk writing the resume state     | train: `<root>/.resume/<run>-<key>.pt: no space left on device ...` (test_full_disk) |
 
 Rows 1-16 are `test_images`, 17-24 `test_archive_members`, 25-28 `test_broken_archives`,
 29-36 `test_params` (and, as a stage run, `test_a_bad_param_stops_the_stage_in_one_line`),
-37 `test_a_breed_too_small_to_split_stops_the_split_stage`.
+37 `test_a_breed_too_small_to_split_stops_the_split_stage`, 39-43 the `corrupted files` tests
+below (each also runs the remedy it names), 44-46 `tests/test_full_disk.py` (a real tmpfs
+filled up where the tests may mount, an injected ENOSPC elsewhere; no half-written output is
+left, the MLflow run of the failed attempt ends FAILED, and the rerun with space succeeds).
 """
 
 from __future__ import annotations
@@ -61,6 +72,8 @@ import csv
 import gzip
 import io
 import os
+import re
+import signal
 import struct
 import subprocess
 import sys
@@ -330,3 +343,211 @@ def test_a_breed_too_small_to_split_stops_the_split_stage(tmp_path: Path) -> Non
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
     assert proc.stderr.startswith("error: breed 'pug' has 2 image(s) after merge")
     assert not (tmp_path / "data" / "split").exists()
+
+
+# ----------------------------------------------------------------------------- corrupted files
+
+# Files that were once good and then broke: a copy cut short, a disk fault, an editor's save.
+# DVC's outputs (models, prepared splits) are restored from DVC's cache by the command the error
+# names; the resume state is a cache of our own, ignored and rebuilt; the MLflow store is not
+# DVC's, so the line says how to start a new one without deleting the old.
+RUN = "cnn-tiny-0"
+CHECKPOINT = f"models/{RUN}.pt"
+TORCH_CUT = "PytorchStreamReader failed reading zip archive: failed finding central directory"
+# A stage that trains one net of this run in seconds, reading tmp_path/data/prepared (16 px).
+DRIVER = """
+import os, signal, sys
+from pathlib import Path
+from dogbreeds.common.cli import run_stage
+from dogbreeds.params import load_params
+from dogbreeds.pipeline import train
+from dogbreeds.training import resume
+
+save_state = resume.save_state
+
+def save_and_die(*args, **kwargs):  # the state after epoch 1 is on disk, then SIGKILL
+    save_state(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if os.environ.get("DIE_AFTER_STATE"):
+    resume.save_state = save_and_die
+out = Path(sys.argv[1])
+run_stage(lambda: train.run_training(
+    load_params(), "cnn", "tiny", 0, models_dir=out / "models", metrics_dir=out / "metrics"
+))
+"""
+
+
+def stage_env(**extra: str) -> dict[str, str]:
+    env = {**STAGE_ENV, "OMP_NUM_THREADS": "1", **extra}  # one thread: CPU numbers repeat
+    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "DVC_STAGE"):
+        env.pop(name, None)
+    return env
+
+
+def tiny_tree() -> dict:
+    return set_keys(
+        copy.deepcopy(TREE),
+        {
+            "model.resolution": 16,
+            "model.width_mult": 0.25,
+            "train.device": "cpu",
+            "train.batch_size": 8,
+            "train.amp": "off",
+            "train.archs": ["cnn"],
+            "train.schedules": {"tiny": {"epochs": [1, 1, 1], "max_lr": [0.01, 0.001, 0.0001]}},
+        },
+    )
+
+
+@pytest.fixture
+def dvc_repo(prepared: Path, tmp_path: Path) -> Path:
+    """tmp_path as a git + DVC repository whose one stage outputs the prepared 16 px splits and
+    a trained cnn's checkpoint (made here in-process), both in DVC's cache: files that were
+    once good."""
+    from dogbreeds.nets.models import build_model
+    from dogbreeds.training.checkpoint import save_checkpoint
+
+    made = tmp_path / "made"
+    made.mkdir()
+    prepared.rename(made / "prepared")
+    breeds = TREE["data"]["breeds"]
+    meta = {"arch": "cnn", "width_mult": 0.25, "resolution": 16, "deform_backend": "auto",
+            "breeds": breeds, "mean": [0.5] * 3, "std": [0.25] * 3}  # fmt: skip
+    save_checkpoint(made / f"{RUN}.pt", build_model("cnn", len(breeds), width_mult=0.25), meta)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_tree(), sort_keys=False))
+    (tmp_path / "driver.py").write_text(DRIVER)
+    stages = {"stages": {"make": {
+        "cmd": f"mkdir -p models && cp -r made/prepared data/prepared && cp made/{RUN}.pt models/",
+        "deps": ["made"],
+        "outs": ["data/prepared", CHECKPOINT],
+    }}}  # fmt: skip
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(stages))
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro", "-q"]):
+        subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True, env=dvc_env())
+    return tmp_path
+
+
+def dvc_env() -> dict[str, str]:
+    return stage_env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                     DVC_NO_ANALYTICS="1")  # fmt: skip
+
+
+def cut_in_half(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The stage's one `error: ...` line (after its INFO log lines), checked: no traceback."""
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and proc.stderr.splitlines()[-1] == errors[0], proc.stderr
+    return errors[0]
+
+
+def remedy(line: str) -> list[str]:
+    """The command between backticks in an error line, e.g. `dvc checkout --force models/x.pt`."""
+    return line.split("`")[1].split()
+
+
+def test_a_truncated_checkpoint_names_the_dvc_checkout_that_restores_it(dvc_repo: Path) -> None:
+    model = dvc_repo / CHECKPOINT
+    good = model.read_bytes()
+    cut_in_half(model)
+
+    proc = stage("evaluate", dvc_repo, "--arch", "cnn", "--schedule", "tiny", "--seed", "0")
+
+    line = one_error_line(proc)
+    assert line == (
+        f"error: {CHECKPOINT}: truncated or not a dogbreeds checkpoint ({TORCH_CUT}); restore "
+        f"DVC's copy with `dvc checkout --force {CHECKPOINT}` (or delete it and run dvc repro)"
+    )
+    assert not (dvc_repo / "metrics").exists()  # nothing written
+    subprocess.run(remedy(line), cwd=dvc_repo, check=True, capture_output=True, env=dvc_env())
+    assert model.read_bytes() == good  # the remedy works
+
+
+def test_a_truncated_prepared_split_names_the_dvc_checkout_that_restores_it(
+    dvc_repo: Path,
+) -> None:
+    split = dvc_repo / "data" / "prepared" / "train.pt"
+    good = split.read_bytes()
+    cut_in_half(split)
+
+    proc = subprocess.run([sys.executable, "driver.py", "out"], cwd=dvc_repo, env=stage_env(),
+                          capture_output=True, text=True)  # fmt: skip
+
+    line = one_error_line(proc)  # torch's reason depends on where the cut falls: (...)
+    assert re.fullmatch(
+        r"error: data/prepared/train.pt: truncated or not a prepared split \(.+\); restore "
+        r"DVC's copy with `dvc checkout --force data/prepared` \(or delete it and run dvc repro\)",
+        line,
+    ), line
+    assert not (dvc_repo / "out").exists() and not (dvc_repo / "mlflow.db").exists()
+    subprocess.run(remedy(line), cwd=dvc_repo, check=True, capture_output=True, env=dvc_env())
+    assert split.read_bytes() == good
+
+
+def train_stage(repo: Path, out: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "driver.py", out], cwd=repo, env=stage_env(**env),
+                          capture_output=True, text=True)  # fmt: skip
+
+
+def test_a_resume_state_cut_in_half_trains_from_scratch_to_the_same_weights(
+    dvc_repo: Path,
+) -> None:
+    whole = train_stage(dvc_repo, "whole")
+    assert whole.returncode == 0, whole.stderr
+    killed = train_stage(dvc_repo, "resumed", DIE_AFTER_STATE="1")
+    assert killed.returncode == -signal.SIGKILL
+    [state] = (dvc_repo / ".resume").glob(f"{RUN}-*.pt")
+    cut_in_half(state)
+
+    proc = train_stage(dvc_repo, "resumed")
+
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "resume state" in line]
+    assert warnings == [
+        f"WARNING dogbreeds.training.resume: {state}: unreadable resume state ({TORCH_CUT}); "
+        "training from scratch"
+    ]
+    assert "resuming after" not in proc.stderr
+    weights = [
+        torch_load(dvc_repo / run / CHECKPOINT)["state_dict"] for run in ("whole", "resumed")
+    ]
+    assert all(value.equal(weights[1][key]) for key, value in weights[0].items())  # no wrong number
+    assert not (dvc_repo / ".resume").exists()  # the rebuilt state was removed when it finished
+
+
+def torch_load(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, weights_only=True)
+
+
+def test_an_mlflow_store_that_is_not_a_database_names_the_file_and_a_way_out(
+    dvc_repo: Path,
+) -> None:
+    first = train_stage(dvc_repo, "first")
+    assert first.returncode == 0, first.stderr
+    db = (dvc_repo / "mlflow.db").resolve()
+    move = f"move it aside (mv {db} {db}.broken) and rerun to start a new store"
+    lost = "(the runs it held are lost unless you have a copy)"
+
+    cut_in_half(db)  # a store cut short: SQLite's header is there, its pages are not
+    line = one_error_line(train_stage(dvc_repo, "again"))
+    assert line == (
+        f"error: {db}: a damaged SQLite database (database disk image is malformed); {move} {lost}"
+    )
+
+    db.write_text("<html>not a database</html>\n")  # something else saved in its place
+    line = one_error_line(train_stage(dvc_repo, "again"))
+    assert line == f"error: {db}: not an SQLite database; {move} {lost}"
+    assert not (dvc_repo / "again").exists()
+
+    db.rename(f"{db}.broken")  # the remedy
+    again = train_stage(dvc_repo, "again")
+    assert again.returncode == 0, again.stderr
+    assert (dvc_repo / "again" / CHECKPOINT).is_file() and db.is_file()

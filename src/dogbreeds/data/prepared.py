@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from dogbreeds import DogbreedsError
+from dogbreeds.common.fs import unreadable
 
 # File name (without .pt) -> what it holds.
 SPLIT_FILES = {
@@ -58,7 +59,18 @@ def load_split(path: Path) -> Split:
     """Read a prepared split written by the deform stage, checking its shape and types."""
     if not path.exists():
         raise PreparedDataError(f"{path}: not found (run the data stages first: dvc repro deform)")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    restore = (
+        f"restore DVC's copy with `dvc checkout --force {path.parent}` (or delete it and run "
+        "dvc repro)"
+    )
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, overwritten or foreign: torch raises many kinds
+        raise PreparedDataError(
+            f"{path}: truncated or not a prepared split ({unreadable(exc)}); {restore}"
+        ) from None
+    if not isinstance(blob, dict) or not {"ids", "breeds"} <= blob.keys():
+        raise PreparedDataError(f"{path}: not a prepared split (no ids and breeds); {restore}")
     images, labels = blob.get("images"), blob.get("labels")
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
         raise PreparedDataError(f"{path}: 'images' must be a uint8 tensor (N, 3, R, R)")

@@ -128,7 +128,14 @@ def training_run(run_name: str, tags: Mapping[str, str], root: Path | None = Non
     try:
         yield run
     except BaseException:
-        run.end("FAILED")
+        try:
+            run.end("FAILED")
+        except Exception as end_error:  # a full disk fails this write too: keep the first error
+            log.warning(
+                "MLflow run %s not marked FAILED (%s); the next attempt of it marks it",
+                run.run_id,
+                redact(" ".join(str(end_error).split())[:200]),
+            )
         raise
     run.end("FINISHED")
 

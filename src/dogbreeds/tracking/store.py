@@ -38,11 +38,15 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import mlflow  # noqa: E402
 from filelock import FileLock  # noqa: E402
 
-from dogbreeds.common.fs import repo_root  # noqa: E402
+from dogbreeds import DogbreedsError  # noqa: E402
+from dogbreeds.common.fs import DiskFullError, repo_root  # noqa: E402
 from dogbreeds.common.redact import redact  # noqa: E402
 
 for _noisy in ("mlflow", "alembic"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
+# MLflow logs every SQLite OperationalError (locked, disk full) with its traceback, then raises
+# it as an MlflowException, which `write` retries or turns into one line: keep the raise only.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,6 +64,39 @@ def store_root(cwd: Path | None = None) -> Path:
 def tracking_uri(root: Path) -> str:
     """`MLFLOW_TRACKING_URI` when set (a team server), else the SQLite file at `root`."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+
+
+# ----------------------------------------------------------------------------- a broken store
+
+
+class StoreError(DogbreedsError):
+    """The study's MLflow store cannot be used; the message names the file and what to do."""
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI; None for a server."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def broken_store(db: Path, what: str) -> StoreError:
+    """A SQLite store that is not a database (any more): no run in it can be read."""
+    return StoreError(
+        f"{db}: {what}; move it aside (mv {db} {db}.broken) and rerun to start a new store "
+        "(the runs it held are lost unless you have a copy)"
+    )
+
+
+def check_sqlite(uri: str) -> None:
+    """Refuse a store file that is not SQLite (an empty file is a new, empty database)."""
+    db = sqlite_file(uri)
+    if db is None or not db.is_file() or db.stat().st_size == 0:
+        return
+    with db.open("rb") as f:
+        if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+            raise broken_store(db, "not an SQLite database")
 
 
 # ----------------------------------------------------------------------------- concurrent writers
@@ -94,6 +131,11 @@ def write(uri: str, action: Callable[[], T], what: str) -> T:
             with lock or nullcontext():
                 return action()
         except Exception as exc:  # MlflowException or SQLAlchemy's OperationalError
+            if "database or disk is full" in str(exc):
+                raise DiskFullError(
+                    f"{sqlite_file(uri)}: no space left on device while writing MLflow's "
+                    f"store ({what}); free some space and run the stage again"
+                ) from exc
             if "database is locked" not in str(exc) or attempt == WRITE_ATTEMPTS:
                 raise
         delay = min(0.1 * 2**attempt, 5.0) * (1 + random.random())
@@ -110,9 +152,17 @@ def open_experiment(root: Path | None = None) -> tuple[mlflow.MlflowClient, str]
     """
     root = root or store_root()
     uri = tracking_uri(root)
+    check_sqlite(uri)
     with store_lock(uri) or file_lock(root / "mlflow.db.lock"):
-        client = mlflow.MlflowClient(tracking_uri=uri)
-        experiment = client.get_experiment_by_name(EXPERIMENT)
+        try:
+            client = mlflow.MlflowClient(tracking_uri=uri)
+            experiment = client.get_experiment_by_name(EXPERIMENT)
+        except Exception as exc:  # a SQLite file cut short or overwritten in the middle
+            db = sqlite_file(uri)
+            if db is None or not ("malformed" in str(exc) or "not a database" in str(exc)):
+                raise
+            what = "a damaged SQLite database (database disk image is malformed)"
+            raise broken_store(db, what) from None
         if experiment is None:
             # A fixed artifact location under the root, so a temporary copy's artifacts survive it;
             # a team server (MLFLOW_TRACKING_URI) chooses its own.

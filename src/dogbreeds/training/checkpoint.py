@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from dogbreeds import DogbreedsError
-from dogbreeds.common.fs import atomic_path
+from dogbreeds.common.fs import atomic_path, unreadable
 from dogbreeds.nets.models import build_model
 
 
@@ -38,14 +38,19 @@ def read_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: not found (run the train stage first: dvc repro)")
+    restore = (
+        f"restore DVC's copy with `dvc checkout --force {path}` (or delete it and run dvc repro)"
+    )
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: torch raises many kinds
         raise CheckpointError(
-            f"{path}: not a dogbreeds checkpoint ({exc}); delete it and run dvc repro again"
+            f"{path}: truncated or not a dogbreeds checkpoint ({unreadable(exc)}); {restore}"
         ) from None
     if not isinstance(blob, dict):
-        raise CheckpointError(f"{path}: not a dogbreeds checkpoint (holds {type(blob).__name__})")
+        raise CheckpointError(
+            f"{path}: not a dogbreeds checkpoint (holds {type(blob).__name__}); {restore}"
+        )
     missing = [key for key in REQUIRED_KEYS if key not in blob]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")

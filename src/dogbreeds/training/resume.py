@@ -31,7 +31,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from dogbreeds import DogbreedsError
-from dogbreeds.common.fs import atomic_path, repo_root
+from dogbreeds.common.fs import atomic_path, repo_root, unreadable
 from dogbreeds.training.history import EpochRecord
 from dogbreeds.training.state import TrainState
 
@@ -119,23 +119,33 @@ def load_state(path: Path) -> tuple[TrainState, dict[str, Any]] | None:
     """The state saved at `path` and its meta, or None when there is none to resume."""
     if not path.exists():
         return None
+    # A torn or foreign file (our writes are atomic, so a disk fault or a hand): say which in
+    # one line and train from scratch; the first finished epoch overwrites it.
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a torn or foreign file: say which, and train from scratch
-        log.warning("%s: unreadable resume state (%s); training from scratch", path, exc)
+    except Exception as exc:
+        log.warning(
+            "%s: unreadable resume state (%s); training from scratch", path, unreadable(exc)
+        )
         return None
-    if blob.get("format") != FORMAT:
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         log.warning("%s: resume state of another format; training from scratch", path)
         return None
-    state = TrainState(
-        history=[EpochRecord(**r) for r in blob["history"]],
-        model=blob["model"],
-        optimizer=blob["optimizer"],
-        scheduler=blob["scheduler"],
-        scaler=blob["scaler"],
-        rng=blob["rng"],
-    )
-    return state, blob["meta"]
+    try:
+        state = TrainState(
+            history=[EpochRecord(**r) for r in blob["history"]],
+            model=blob["model"],
+            optimizer=blob["optimizer"],
+            scheduler=blob["scheduler"],
+            scaler=blob["scaler"],
+            rng=blob["rng"],
+        )
+        return state, dict(blob["meta"])
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning(
+            "%s: incomplete resume state (%s); training from scratch", path, unreadable(exc)
+        )
+        return None
 
 
 def remove_state(path: Path) -> None:

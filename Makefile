@@ -49,21 +49,30 @@ compare: $(VENV)/.installed  ## accuracy vs MACs / params of the experiments: fi
 	PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH=src $(BIN)/python -m dogbreeds compare $(COMPARE_ARGS)
 
 # ----------------------------------------------------------------------------- a team
-# docs/team.md: PostgreSQL + an MLflow tracking server on 127.0.0.1.
-# PGPASSWORD (the database role mlflow's password) comes from your environment, never a URI.
+# docs/team.md: PostgreSQL + an MLflow tracking server on 127.0.0.1 that asks every client who
+# it is (MLflow's basic-auth app; docs/reliability.md). The passwords come from your
+# environment, never a URI or a command line: PGPASSWORD (the database role mlflow) and
+# MLFLOW_AUTH_ADMIN_PASSWORD (the server's admin, created at its first start).
 PGDATA ?= $(CURDIR)/.pgdata
 PGPORT ?= 5432
 MLFLOW_PORT ?= 5000
 MLFLOW_ARTIFACTS ?= $(CURDIR)/mlflow-server-artifacts
 
-.PHONY: postgres postgres-stop mlflow-server
+.PHONY: postgres postgres-stop mlflow-server mlflow-user
 
-postgres:  ## a local PostgreSQL cluster in .pgdata with role and database mlflow
+postgres:  ## a local PostgreSQL cluster in .pgdata: role mlflow, databases mlflow and mlflow_auth
 	PGDATA="$(PGDATA)" PGPORT=$(PGPORT) scripts/postgres.sh start
 
 postgres-stop:
 	PGDATA="$(PGDATA)" scripts/postgres.sh stop
 
-mlflow-server: $(VENV)/.installed  ## MLflow server on PostgreSQL, artifacts proxied, on 127.0.0.1
+mlflow-server: $(VENV)/.installed  ## MLflow server with logins, on PostgreSQL, on 127.0.0.1
 	PATH="$(CURDIR)/$(BIN):$$PATH" PGPORT=$(PGPORT) MLFLOW_PORT=$(MLFLOW_PORT) \
 	MLFLOW_ARTIFACTS="$(MLFLOW_ARTIFACTS)" scripts/mlflow-server.sh
+
+# As the admin (MLFLOW_TRACKING_USERNAME=admin and MLFLOW_TRACKING_PASSWORD in your environment):
+# make mlflow-user NAME=alice PERMISSION=EDIT; it asks for alice's password.
+mlflow-user: $(VENV)/.installed  ## add a user to the team server (NAME=..., PERMISSION=READ|EDIT)
+	@test -n "$(NAME)" || { echo "usage: make mlflow-user NAME=alice [PERMISSION=EDIT]" >&2; exit 2; }
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-http://127.0.0.1:$(MLFLOW_PORT)} \
+	$(BIN)/python scripts/mlflow-user.py "$(NAME)" $(if $(PERMISSION),--permission $(PERMISSION))

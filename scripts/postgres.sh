@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A PostgreSQL cluster for the team's MLflow server, from the machine's own PostgreSQL binaries
 # (Debian: apt-get install postgresql). `start` creates it on first use: initdb into $PGDATA,
-# listening on 127.0.0.1:$PGPORT only, with a role and database `mlflow` whose password is
-# $PGPASSWORD (scram-sha-256 over TCP). The superuser is reachable only through the Unix
+# listening on 127.0.0.1:$PGPORT only, with a role `mlflow` whose password is $PGPASSWORD
+# (scram-sha-256 over TCP) and its databases `mlflow` (runs, registry) and `mlflow_auth` (the
+# server's users and permissions). The superuser is reachable only through the Unix
 # socket inside $PGDATA. PostgreSQL refuses to run as root: as root, the cluster belongs to
 # the `postgres` user.
 #
@@ -50,9 +51,13 @@ ALTER ROLE mlflow PASSWORD :'pw';
 SELECT 'CREATE DATABASE mlflow OWNER mlflow'
 WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'mlflow')
 \gexec
+SELECT 'CREATE DATABASE mlflow_auth OWNER mlflow'
+WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'mlflow_auth')
+\gexec
 SQL
   echo "PostgreSQL on 127.0.0.1:$PGPORT (data in $PGDATA)"
   echo "backend store: postgresql+psycopg2://mlflow@127.0.0.1:$PGPORT/mlflow (password: PGPASSWORD)"
+  echo "users and permissions: postgresql+psycopg2://mlflow@127.0.0.1:$PGPORT/mlflow_auth"
 }
 
 stop() {

@@ -95,7 +95,7 @@ def background(cmd: list[str], log: Path, health: str, env: dict, cwd: Path) -> 
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
             try:
-                process.wait(timeout=5)  # mlflow server may ignore TERM
+                process.wait(timeout=20)  # mlflow server may ignore TERM, or take its time
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
@@ -140,11 +140,13 @@ def postgres(folder: Path, password: str) -> Iterator[Postgres]:
 class MlflowServer:
     url: str
     log: Path
+    admin_password: str
 
 
 @contextmanager
-def mlflow_server(db: Postgres, folder: Path) -> Iterator[MlflowServer]:
-    """scripts/mlflow-server.sh on PostgreSQL `db`, artifacts proxied into folder/artifacts."""
+def mlflow_server(db: Postgres, folder: Path, admin_password: str) -> Iterator[MlflowServer]:
+    """scripts/mlflow-server.sh on PostgreSQL `db`, artifacts proxied into folder/artifacts,
+    with MLflow's basic-auth app: its first start creates user `admin` with `admin_password`."""
     port = free_port()
     log = folder / "mlflow-server.log"
     env = server_env(
@@ -152,11 +154,39 @@ def mlflow_server(db: Postgres, folder: Path) -> Iterator[MlflowServer]:
         PGPORT=str(db.port),
         MLFLOW_PORT=str(port),
         MLFLOW_ARTIFACTS=str(folder / "artifacts"),
+        MLFLOW_AUTH_ADMIN_PASSWORD=admin_password,
     )
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        env.pop(name, None)
     cmd = [str(ROOT / "scripts" / "mlflow-server.sh"), "--workers", "1"]
     url = f"http://{LOOPBACK}:{port}"
     with background(cmd, log, f"{url}/health", env, folder):
-        yield MlflowServer(url, log)
+        yield MlflowServer(url, log, admin_password)
+
+
+@contextmanager
+def signed_in(username: str, password: str) -> Iterator[None]:
+    """MLflow clients in this process send `username`'s credentials (MLflow reads them from
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD at every request) until the block ends."""
+    names = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(zip(names, (username, password), strict=True))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def add_user(server: MlflowServer, username: str, password: str) -> None:
+    """The documented way (docs/team.md): the admin creates a user through the auth client."""
+    from mlflow.server import get_app_client
+
+    with signed_in("admin", server.admin_password):
+        get_app_client("basic-auth", tracking_uri=server.url).create_user(username, password)
 
 
 @contextmanager

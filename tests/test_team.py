@@ -1,20 +1,25 @@
-"""From one laptop to a team: the tiny study on a real MLflow server on PostgreSQL, its data and
-models through DVC remotes (a folder, and S3 on moto), experiments through `dvc exp push/pull`,
-the registry's champion served over REST, and the MLflow UI in headless Chromium.
+"""From one laptop to a team: the tiny study on a real MLflow server on PostgreSQL that asks
+who you are (MLflow's basic-auth app), its data and models through DVC remotes (a folder, and
+S3 on moto), experiments through `dvc exp push/pull`, the registry's champion served over REST,
+and the MLflow UI in headless Chromium.
 
-One module-scoped study (`team`): PostgreSQL and the MLflow server start once, the tiny study
-runs once with `MLFLOW_TRACKING_URI` pointing at the server, and every test reads from it. The
-experiment test, which adds a commit and an experiment, runs last.
+One module-scoped study (`team`): PostgreSQL and the MLflow server start once, the admin adds
+the study's user, the tiny study runs once as that user (`MLFLOW_TRACKING_URI`,
+`MLFLOW_TRACKING_USERNAME`, `MLFLOW_TRACKING_PASSWORD`), and every test reads from it, signed in
+as that user unless it says otherwise. The experiment test, which adds a commit and an
+experiment, runs last.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
 import re
 import secrets
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,12 +27,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, make_project, run
+from conftest import BIN, ROOT, make_project, run
 from mlflow import MlflowClient
 from PIL import Image
 from servers import (
     MlflowServer,
     Postgres,
+    add_user,
     chromium,
     has_postgres,
     mlflow_server,
@@ -35,6 +41,7 @@ from servers import (
     postgres,
     require,
     served_model,
+    signed_in,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.team]
@@ -47,6 +54,14 @@ STAGE_NAMES = {name: "train@" + name.replace("-seed", "-") for name in RUN_NAMES
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 # A database password that must never leave the server's environment.
 PASSWORD = f"pw-{secrets.token_hex(8)}"
+# The MLflow server's users: the admin (the server's first start creates it), the study's user
+# (the admin adds it; it creates the experiment and the registered models, so it MANAGEs them)
+# and a reader (READ on both). No password may reach a log, a param, a tag or a DVC file.
+ADMIN_PASSWORD = f"admin-{secrets.token_hex(8)}"
+STUDY_USER, STUDY_PASSWORD = "study", f"study-{secrets.token_hex(8)}"
+READER, READER_PASSWORD = "reader", f"reader-{secrets.token_hex(8)}"
+SECRETS = {"database": PASSWORD, "admin": ADMIN_PASSWORD, "study": STUDY_PASSWORD,
+           "reader": READER_PASSWORD}  # fmt: skip
 UP_TO_DATE = "Data and pipelines are up to date."
 
 
@@ -55,24 +70,43 @@ class Team:
     db: Postgres
     server: MlflowServer
     repo: Path
-    repro_log: str
+    repro_log: str  # what dvc repro and python -m dogbreeds register printed
     base: Path
 
     def client(self) -> MlflowClient:
+        """A client of the server, signed in as whoever the test is (the study's user)."""
         return MlflowClient(tracking_uri=self.server.url)
+
+    def experiment_id(self) -> str:
+        return self.client().get_experiment_by_name("dogbreeds").experiment_id
 
 
 @pytest.fixture(scope="module")
 def team(tmp_path_factory) -> Iterator[Team]:
-    """PostgreSQL + MLflow server, and the tiny study reproduced against them, committed."""
+    """PostgreSQL + MLflow server with authentication, and the tiny study reproduced against
+    them as its user, committed. The tests' clients and commands sign in as that user."""
     require("PostgreSQL", has_postgres())
     base = tmp_path_factory.mktemp("team")
-    with postgres(base / "db", PASSWORD) as db, mlflow_server(db, base) as server:
+    with (
+        postgres(base / "db", PASSWORD) as db,
+        mlflow_server(db, base, ADMIN_PASSWORD) as server,
+    ):
+        add_user(server, STUDY_USER, STUDY_PASSWORD)
         repo = make_project(base / "repo")
-        env = {"MLFLOW_TRACKING_URI": server.url, **ONE_THREAD}
+        env = {
+            "MLFLOW_TRACKING_URI": server.url,
+            "MLFLOW_TRACKING_USERNAME": STUDY_USER,
+            "MLFLOW_TRACKING_PASSWORD": STUDY_PASSWORD,
+            **ONE_THREAD,
+        }
         repro = run(["dvc", "repro"], repo, env=env)
+        # each net's best run becomes models:/dogbreeds-<arch>@champion (the README's step)
+        register = run([str(BIN / "python"), "-m", "dogbreeds", "register"], repo,
+                       env={**env, "PYTHONPATH": "src"})  # fmt: skip
         commit(repo, "the study")
-        yield Team(db, server, repo, repro.stdout + repro.stderr, base)
+        log = repro.stdout + repro.stderr + register.stdout + register.stderr
+        with signed_in(STUDY_USER, STUDY_PASSWORD):
+            yield Team(db, server, repo, log, base)
 
 
 def commit(repo: Path, message: str) -> None:
@@ -80,14 +114,38 @@ def commit(repo: Path, message: str) -> None:
     run(["git", "commit", "-qm", message], repo)
 
 
-def rest(server: MlflowServer, path: str, body: dict | None = None) -> dict:
-    """One call of MLflow's REST API (GET, or POST with a JSON body)."""
+def basic_auth(user: str, password: str) -> str:
+    """The HTTP Authorization header's value for `user` (RFC 7617)."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def request_of(url: str, body: dict | None, user: tuple[str, str] | None) -> urllib.request.Request:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        f"{server.url}/api/2.0/mlflow/{path}", data, {"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json"}
+    if user is not None:
+        headers["Authorization"] = basic_auth(*user)
+    return urllib.request.Request(url, data, headers)
+
+
+def rest(
+    server: MlflowServer,
+    path: str,
+    body: dict | None = None,
+    user: tuple[str, str] | None = (STUDY_USER, STUDY_PASSWORD),
+) -> dict:
+    """One call of MLflow's REST API (GET, or POST with a JSON body), as `user`."""
+    request = request_of(f"{server.url}/api/2.0/mlflow/{path}", body, user)
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
+
+
+def http_status(url: str, body: dict | None = None, user: tuple[str, str] | None = None) -> int:
+    """The status a request gets (GET, or POST with a JSON body); anonymous by default."""
+    try:
+        with urllib.request.urlopen(request_of(url, body, user), timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
 
 
 def study_runs(team: Team) -> list[dict]:
@@ -148,14 +206,149 @@ def test_every_run_lands_in_postgresql(team: Team):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
-def test_no_database_password_in_logs_params_or_tags(team: Team):
-    assert PASSWORD not in team.repro_log
-    assert PASSWORD not in team.server.log.read_text()
+def test_no_password_in_logs_params_tags_files_or_command_lines(team: Team):
+    """The database, admin and study passwords: nowhere but in the environments that need them."""
+    texts = {
+        "dvc repro's output": team.repro_log,
+        "the MLflow server's log": team.server.log.read_text(),
+        "PostgreSQL's log": (team.db.data / "server.log").read_text(errors="replace"),
+    }
     for r in study_runs(team):
         values = [p["value"] for p in r["data"].get("params", [])] + list(tags_of(r).values())
-        assert not [v for v in values if PASSWORD in v]
-    # the server did use it: PostgreSQL accepts the mlflow role only with its password
+        texts[f"run {r['info']['run_name']}'s params and tags"] = "\n".join(values)
+    for folder in (team.repo, team.base / "artifacts"):  # git, DVC's cache and lock, metrics
+        for path in (p for p in folder.rglob("*") if p.is_file()):
+            texts[str(path)] = path.read_bytes().decode(errors="replace")
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):  # the server and its workers, psql ...
+        with contextlib.suppress(OSError):  # a process that ended meanwhile
+            texts[f"the command line of {cmdline.parent.name}"] = cmdline.read_bytes().decode()
+    for who, secret in SECRETS.items():
+        leaks = [where for where, text in texts.items() if secret in text]
+        assert not leaks, f"the {who} password is in {leaks}"
+    print(f"no password in {len(texts)} logs, runs, files and command lines")
+    # the server did use them: PostgreSQL takes the mlflow role only with its password, and
+    # MLflow the study's user only with its own
     assert team.db.psql("SELECT current_user") == "mlflow"
+    wrong = (STUDY_USER, "not-the-password")
+    url = f"{team.server.url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=dogbreeds"
+    assert (http_status(url, user=(STUDY_USER, STUDY_PASSWORD)), http_status(url, user=wrong)) == (
+        200,
+        401,
+    )
+
+
+# ----------------------------------------------------------------------------- who may do what
+
+
+def test_an_anonymous_client_is_refused_reading_and_writing(team: Team):
+    """No user name, no answer: 401 and a Basic challenge, for the API, the UI and sign-up."""
+    experiment_id = team.experiment_id()
+    [some_run, *_] = study_runs(team)
+    api = f"{team.server.url}/api/2.0/mlflow"
+    refused = {
+        "read the experiment": (f"{api}/experiments/get-by-name?experiment_name=dogbreeds", None),
+        "search runs": (f"{api}/runs/search", {"experiment_ids": [experiment_id]}),
+        "read the champion": (f"{api}/registered-models/alias?name=dogbreeds-cnn&alias=champion",
+                              None),
+        "open the UI": (f"{team.server.url}/", None),
+        "sign up": (f"{team.server.url}/signup", None),
+        "create a user": (f"{api}/users/create", {"username": "mallory", "password": "x" * 12}),
+        "create a run": (f"{api}/runs/create", {"experiment_id": experiment_id}),
+        "log a metric": (f"{api}/runs/log-metric", {"run_id": some_run["info"]["run_id"],
+                         "key": "val_acc", "value": 1.0, "timestamp": 0, "step": 0}),
+        "delete a run": (f"{api}/runs/delete", {"run_id": some_run["info"]["run_id"]}),
+        "move the champion": (f"{api}/registered-models/alias",
+                              {"name": "dogbreeds-cnn", "alias": "champion", "version": "1"}),
+    }  # fmt: skip
+    statuses = {what: http_status(url, body) for what, (url, body) in refused.items()}
+    assert statuses == dict.fromkeys(refused, 401)
+    request = request_of(refused["read the experiment"][0], None, None)
+    with pytest.raises(urllib.error.HTTPError) as refusal:
+        urllib.request.urlopen(request, timeout=30)
+    assert refusal.value.headers["WWW-Authenticate"] == 'Basic realm="mlflow"'
+    assert len(study_runs(team)) == 9  # nothing was written
+    print(f"anonymous: {', '.join(refused)}: 401 each")
+
+
+def test_a_reader_reads_but_cannot_log_or_move_the_champion(team: Team):
+    from mlflow.exceptions import MlflowException
+
+    experiment_id = team.experiment_id()
+    added = run(  # the documented way: the admin runs scripts/mlflow-user.py
+        [str(BIN / "python"), str(ROOT / "scripts" / "mlflow-user.py"), READER, "--permission",
+         "READ"],
+        team.base,
+        env={"MLFLOW_TRACKING_URI": team.server.url, "MLFLOW_TRACKING_USERNAME": "admin",
+             "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD, "NEW_MLFLOW_PASSWORD": READER_PASSWORD},
+    ).stdout  # fmt: skip
+    assert added.splitlines() == [
+        f"{READER}: created",
+        f"{READER}: READ on experiment dogbreeds",
+        *(f"{READER}: READ on registered model dogbreeds-{arch}" for arch in ARCHS),
+    ]
+    champion = team.client().get_model_version_by_alias("dogbreeds-cnn", "champion")
+    versions = team.client().search_model_versions("name = 'dogbreeds-cnn'")
+    other = next((v.version for v in versions if v.version != champion.version), "1")
+    run_id = champion.run_id
+    history = curve(team.client(), run_id)
+
+    with signed_in(READER, READER_PASSWORD):
+        reader = MlflowClient(tracking_uri=team.server.url)
+        assert len(reader.search_runs([experiment_id], max_results=100)) >= 9  # reading: yes
+        assert reader.get_model_version_by_alias("dogbreeds-cnn", "champion").version == (
+            champion.version
+        )
+        writes = {
+            "create a run": lambda: reader.create_run(experiment_id),
+            "log a metric": lambda: reader.log_metric(run_id, "val_acc", 1.0),
+            "set a tag": lambda: reader.set_tag(run_id, "verdict", "best"),
+            "delete a run": lambda: reader.delete_run(run_id),
+            "move the champion": lambda: reader.set_registered_model_alias(
+                "dogbreeds-cnn", "champion", other
+            ),
+            "drop the champion": lambda: reader.delete_registered_model_alias(
+                "dogbreeds-cnn", "champion"
+            ),
+        }
+        statuses = {}
+        for what, write in writes.items():
+            with pytest.raises(MlflowException) as refusal:
+                write()
+            statuses[what] = refusal.value.get_http_status_code()
+    assert statuses == dict.fromkeys(writes, 403)
+
+    after = team.client()
+    assert after.get_model_version_by_alias("dogbreeds-cnn", "champion").version == (
+        champion.version
+    )
+    logged = after.get_run(run_id)
+    assert logged.info.lifecycle_stage == "active" and "verdict" not in logged.data.tags
+    assert curve(after, run_id) == history  # no val_acc logged
+    assert len(study_runs(team)) == 9
+    print(f"reader: reads the runs and the champion; {', '.join(writes)}: 403 each")
+
+
+def curve(client: MlflowClient, run_id: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, "val_acc"))
+
+
+def test_the_study_logged_as_its_user(team: Team):
+    """The study's user created the experiment and the registered models (MLflow gives their
+    creator MANAGE); anyone else has the server's default permission, READ."""
+    from mlflow.server import get_app_client
+
+    with signed_in("admin", ADMIN_PASSWORD):
+        auth = get_app_client("basic-auth", tracking_uri=team.server.url)
+        experiment = auth.get_user_permission(STUDY_USER, "experiment", team.experiment_id())
+        models = {
+            arch: auth.get_user_permission(STUDY_USER, "registered_model", f"dogbreeds-{arch}")
+            for arch in ARCHS
+        }
+        auth.create_user("newcomer", f"newcomer-{secrets.token_hex(8)}")
+        default = auth.get_user_permission("newcomer", "experiment", team.experiment_id())
+    assert experiment.permission == "MANAGE"
+    assert {arch: p.permission for arch, p in models.items()} == dict.fromkeys(ARCHS, "MANAGE")
+    assert default.permission == "READ"
 
 
 def dvc_lock_md5(repo: Path, out: str) -> str:
@@ -242,6 +435,12 @@ def test_the_ui_shows_the_training_runs_and_a_val_acc_chart(team: Team, tmp_path
                 "--window-size=1600,1000"):  # fmt: skip
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    # The server asks every request who it is: the browser answers as the study's user (the
+    # header a login dialog would send, set through the DevTools protocol: headless has no
+    # dialog).
+    driver.execute_cdp_cmd("Network.enable", {})
+    authorization = {"Authorization": basic_auth(STUDY_USER, STUDY_PASSWORD)}
+    driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": authorization})
     wait = WebDriverWait(driver, 90)
     body = lambda: driver.find_element(By.TAG_NAME, "body").text  # noqa: E731
     experiment_id = team.client().get_experiment_by_name("dogbreeds").experiment_id
@@ -281,7 +480,7 @@ def test_the_ui_shows_the_training_runs_and_a_val_acc_chart(team: Team, tmp_path
         wait.until(lambda _: driver.find_elements(By.XPATH, search))
         driver.find_element(By.XPATH, search).send_keys("val_acc")
         wait.until(lambda _: driver.find_elements(By.XPATH, "//h4[normalize-space()='val_acc']"))
-        assert all(name in body() for name in RUN_NAMES)  # one line per run in the legend list
+        wait.until(lambda _: all(name in body() for name in RUN_NAMES))  # one legend line per run
         screenshot = tmp_path / "mlflow-val_acc.png"
         driver.save_screenshot(str(screenshot))
         assert screenshot.stat().st_size > 10_000
@@ -404,15 +603,11 @@ def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def test_the_server_script_refuses_a_password_in_the_backend_uri():
+@pytest.mark.parametrize("variable", ["MLFLOW_BACKEND_URI", "MLFLOW_AUTH_DATABASE_URI"])
+def test_the_server_script_refuses_a_password_in_a_database_uri(variable: str):
     """The password belongs in PGPASSWORD or ~/.pgpass, where no log or run can show it."""
-    env = {
-        **os.environ,
-        "MLFLOW_BACKEND_URI": f"postgresql+psycopg2://mlflow:{PASSWORD}@127.0.0.1:1/mlflow",
-    }
+    env = {**os.environ, variable: f"postgresql+psycopg2://mlflow:{PASSWORD}@127.0.0.1:1/mlflow"}
     import subprocess
-
-    from conftest import ROOT
 
     proc = subprocess.run(
         [str(ROOT / "scripts" / "mlflow-server.sh")], env=env, capture_output=True, text=True

@@ -69,7 +69,13 @@ def logged_model_id(client: MlflowClient, experiment_id: str, run_id: str) -> st
 
 
 def current_champion(client: MlflowClient, name: str):
-    """The model version the alias points at, or None (no such model or alias yet)."""
+    """The model version the alias points at, or None (no such model or alias yet).
+
+    The model is looked up first: a server with MLflow's basic-auth app answers 403, not 404,
+    for the alias of a model that does not exist (it finds no permission to check).
+    """
+    if not client.search_registered_models(filter_string=f"name = '{name}'"):
+        return None
     try:
         return client.get_model_version_by_alias(name, ALIAS)
     except MlflowException as exc:

@@ -11,11 +11,15 @@ import sys
 
 COMMANDS = {
     "bench": "training-step and evaluation throughput of every net (docs/performance.md)",
+    "cluster": "dvc repro on a Dask cluster: stages on workers, shared through DVC's run cache",
     "compare": "accuracy against MACs and params across DVC experiments",
+    "fixedcost": "a train and evaluate stage's cost besides its work: imports, store, logging",
     "grid": "queue MobileNet's width x resolution grid as DVC experiments",
     "predict": "which breed is this photo? (a checkpoint or an MLflow model)",
     "quickstudy": "train and evaluate every net in one process, without DVC or MLflow",
+    "recipes": "one change of the training recipe at a time, paired by seed, against a baseline",
     "register": "make each net's best run of the study its registered champion",
+    "repro": "dvc repro, after repairing a dvc.lock that a killed run cut short (make study)",
     "snapshot": "copy a finished study's report, metrics and figures into results/",
     "summary": "params and MACs of the three nets at a given alpha and side",
 }

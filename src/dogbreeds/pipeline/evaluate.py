@@ -31,6 +31,7 @@ from dogbreeds.analysis.scores import (
     predict_split,
     robustness_curves,
 )
+from dogbreeds.common import timeline
 from dogbreeds.common.fs import atomic_path, write_json
 from dogbreeds.data.prepared import load_split
 from dogbreeds.data.preprocess import Normalize
@@ -125,6 +126,7 @@ def run_evaluation(
     )
 
     curves = robustness_curves(params, model, breeds, normalize, robustness_dir, amp)
+    timeline.mark("last_step")  # the last batch: what follows is the stage's fixed cost
 
     trained_in = trained_run_id(train_metrics_dir / f"{name}.json")
     tags = {**tracking.run_tags(arch, schedule_name), "seed": str(seed)}

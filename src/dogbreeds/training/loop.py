@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dogbreeds.common import timeline
 from dogbreeds.common.progress import RunProgress
 from dogbreeds.data.prepared import Split
 from dogbreeds.data.preprocess import Normalize
@@ -54,6 +55,7 @@ def predict(
         x = inputs(images[start : start + batch_size], normalize)
         with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
             outputs.append(model(x).float())
+        timeline.mark("first_step", once=True)  # an evaluation's first batch (fixedcost)
     return torch.cat(outputs)
 
 
@@ -122,6 +124,7 @@ def train_epoch(
         correct += batch_correct
         seen += len(batch.index)
         progress.step()
+        timeline.mark("first_step", once=True)  # the stage's fixed cost ends (fixedcost)
     return loss_sum.item() / seen, correct.item() / seen, lr
 
 
@@ -199,4 +202,5 @@ def train_model(
                     )
                 )
     progress.close()
+    timeline.mark("last_step")
     return history

@@ -15,8 +15,8 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
-study: $(VENV)/.installed  ## run the whole study: dvc repro
-	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
+study: $(VENV)/.installed  ## run the whole study: dvc repro (repairing a dvc.lock a kill cut short)
+	PATH="$(CURDIR)/$(BIN):$$PATH" python -m dogbreeds repro
 
 test: $(VENV)/.installed  ## run the test suite (fails when no test ran)
 	$(BIN)/python -m pytest; rc=$$?; \

@@ -1,0 +1,73 @@
+"""`python -m dogbreeds recipes`: variants paired by seed against the baseline, by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+from dogbreeds.commands import recipes
+
+
+def study(root: Path, runs: dict[str, tuple[float, float, float, float]]) -> Path:
+    """A metrics/ folder: run -> (train_acc, val_acc, clean_test_acc, test_acc)."""
+    for sub in ("train", "eval"):
+        (root / sub).mkdir(parents=True)
+    for name, (train, val, clean, test) in runs.items():
+        (root / "train" / f"{name}.json").write_text(json.dumps({"train_acc": train,
+                                                                 "val_acc": val}))  # fmt: skip
+        (root / "eval" / f"{name}.json").write_text(
+            json.dumps({"clean_test_acc": clean, "test_acc": test})
+        )
+        (root / "eval" / f"{name}-robustness.json").write_text("{}")  # not a run: skipped
+    return root
+
+
+def test_a_variant_is_paired_by_seed_and_its_interval_is_the_paired_t(tmp_path, capsys):
+    base = study(tmp_path / "base", {
+        "cnn-s20_14_6-0": (0.70, 0.40, 0.45, 0.40),
+        "cnn-s20_14_6-1": (0.72, 0.42, 0.47, 0.44),
+        "cnn-s20_14_6-2": (0.68, 0.41, 0.46, 0.42),
+        "cnn-s20_14_6-3": (0.99, 0.99, 0.99, 0.99),  # no partner seed: left out
+    })  # fmt: skip
+    variant = study(tmp_path / "noaug", {
+        "cnn-s20_14_6-0": (0.80, 0.41, 0.44, 0.38),
+        "cnn-s20_14_6-1": (0.84, 0.43, 0.46, 0.40),
+        "cnn-s20_14_6-2": (0.81, 0.42, 0.45, 0.41),
+    })  # fmt: skip
+    out = tmp_path / "out" / "recipes.md"
+    assert recipes.main([f"default={base}", f"noaug={variant}", "--out", str(out)]) == 0
+    [row] = json.loads(out.with_suffix(".json").read_text())
+    assert row["seeds"] == [0, 1, 2] and row["arch"] == "cnn"
+
+    diffs = [0.80 - 0.70, 0.84 - 0.72, 0.81 - 0.68]
+    mean = sum(diffs) / 3
+    half = stats.t.ppf(0.975, 2) * stats.tstd(diffs) / 3**0.5
+    line = next(x for x in out.read_text().splitlines() if x.startswith("| noaug"))
+    assert f"+{mean:.4f} [+{mean - half:.4f}, +{mean + half:.4f}]" in line
+    assert f"p {stats.ttest_rel([0.80, 0.84, 0.81], [0.70, 0.72, 0.68]).pvalue:.3f}" in line
+    assert "(paper 0.705)" in line  # the paper's train acc of cnn at 20/14/6
+    # every val, clean-test difference is +0.01 / -0.01 on each seed: identical, not significant
+    assert line.count("identical on every seed") == 2
+    assert capsys.readouterr().out.strip() == out.read_text().strip()
+
+
+def test_a_single_seed_variant_gets_its_difference_and_no_interval(tmp_path):
+    base = study(tmp_path / "base", {"deformable-s20_14_6-0": (0.5, 0.4, 0.4, 0.3)})
+    variant = study(tmp_path / "224", {"deformable-s20_14_6-0": (0.6, 0.45, 0.5, 0.35)})
+    out = tmp_path / "r.md"
+    assert recipes.main([f"64px={base}", f"224px={variant}", "--out", str(out)]) == 0
+    line = out.read_text().splitlines()[-1]
+    assert "| 224px | deformable | s20_14_6 | 0 | 0.6000 (paper 0.770) | +0.1000 |" in line
+    assert "[" not in line
+
+
+def test_bad_arguments_name_what_is_wrong(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        recipes.main(["default"])
+    assert "expected name=path/to/metrics" in capsys.readouterr().err
+    (tmp_path / "empty" / "eval").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="no metrics/eval"):
+        recipes.main([f"a={tmp_path / 'empty'}", f"b={tmp_path / 'empty'}"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -199,3 +200,40 @@ def test_a_lock_held_longer_than_sqlites_busy_timeout_is_waited_out(tmp_path, ca
     assert "MLflow store busy (metrics, try 1)" in caplog.text
     client, _ = store.open_experiment(tmp_path)
     assert client.get_run(run.run_id).data.metrics["val_acc"] == 0.5
+
+
+def test_a_finished_run_dvc_never_recorded_is_failed_and_a_recorded_one_stays(tmp_path):
+    """A stage killed between its run's end and DVC's commit: the next attempt marks that run
+    FAILED; a run DVC recorded (in dvc.lock or the run cache) stays FINISHED, as does one
+    nobody can tell about (no run cache), and a RUNNING one is FAILED either way."""
+    from dogbreeds.tracking.lineage import dvc_records
+
+    key = {tracking.RESUME_KEY_TAG: "k1"}
+    ids = {}
+    for name, md5 in (("in-lock", "a" * 32), ("in-run-cache", "b" * 32), ("unrecorded", "c" * 32)):
+        with tracking.training_run(name, key, tmp_path) as run:
+            run.set_tags({tracking.OUTPUT_MD5_TAG: md5})
+        ids[name] = run.run_id
+    running = tracking.start_run("killed", key, tmp_path)
+    other_key = tracking.start_run("other", {tracking.RESUME_KEY_TAG: "k2"}, tmp_path)
+    (tmp_path / "dvc.lock").write_text(f"stages:\n  train:\n    outs:\n    - md5: {'a' * 32}\n")
+    entry = tmp_path / ".dvc" / "cache" / "runs" / "5c" / "5c1" / "e1"
+    entry.parent.mkdir(parents=True)
+    entry.write_text(f"cmd: x\nouts:\n- path: m.json\n  md5: {'b' * 32}\n")
+
+    def recorded(md5):
+        return dvc_records(md5, tmp_path, lock_file=tmp_path / "missing.lock")
+
+    failed = tracking.fail_abandoned_runs("k1", recorded, tmp_path)
+    assert set(failed) == {ids["unrecorded"], running.run_id}
+    status = {n: running.client.get_run(i).info.status for n, i in ids.items()}
+    assert status == {"in-lock": "FINISHED", "in-run-cache": "FINISHED", "unrecorded": "FAILED"}
+    unrecorded = running.client.get_run(ids["unrecorded"])
+    assert unrecorded.data.tags["failure"] == tracking.UNRECORDED
+    assert running.client.get_run(other_key.run_id).info.status == "RUNNING"  # another key
+
+    shutil.rmtree(tmp_path / ".dvc")  # no run cache: nobody can tell, the run stays
+    with tracking.training_run("no-cache", key, tmp_path) as run:
+        run.set_tags({tracking.OUTPUT_MD5_TAG: "d" * 32})
+    assert dvc_records("d" * 32, tmp_path) is None
+    assert tracking.fail_abandoned_runs("k1", recorded, tmp_path) == []

@@ -7,6 +7,7 @@ line from the stage shell instead of torch's `[enforce fail at inline_container.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -116,3 +117,12 @@ def write_json(path: str | Path, data) -> None:
     """Atomically write `data` as indented JSON (DVC's metrics files)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def file_md5(path: str | Path) -> str:
+    """The md5 of a file's bytes: the hash DVC 3 records for it in dvc.lock (`hash: md5`)."""
+    digest = hashlib.md5()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -17,11 +17,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from dogbreeds.common.fs import write_json
+from dogbreeds.common.fs import file_md5, write_json
 from dogbreeds.common.progress import human_duration
 from dogbreeds.data.prepared import load_prepared
 from dogbreeds.data.preprocess import Normalize, channel_stats
@@ -31,6 +32,7 @@ from dogbreeds.params import Params, Schedule, for_seed, run_name, select_run
 from dogbreeds.serving import pyfunc
 from dogbreeds.tracking import lineage
 from dogbreeds.tracking import runs as tracking
+from dogbreeds.tracking.store import store_root
 from dogbreeds.training import resume
 from dogbreeds.training.checkpoint import save_checkpoint
 from dogbreeds.training.devices import (
@@ -104,7 +106,7 @@ def run_training(
         state, earlier = saved if saved else (None, {})
         tags = {**tracking.run_tags(arch, schedule_name), "seed": str(seed)}
         if owned:  # runs an earlier, killed attempt left RUNNING end FAILED
-            tracking.fail_abandoned_runs(key)
+            tracking.fail_abandoned_runs(key, partial(lineage.dvc_records, root=store_root()))
             tags[tracking.RESUME_KEY_TAG] = key
         if state is not None:
             tags |= resumed_tags(name, state, earlier, sum(schedule.epochs))
@@ -159,6 +161,7 @@ def run_training(
             save_checkpoint(models_dir / f"{name}.pt", model, meta)
             write_history(metrics_dir / f"{name}.tsv", history)
             write_json(metrics_dir / f"{name}.json", summary)
+            run.set_tags({tracking.OUTPUT_MD5_TAG: file_md5(metrics_dir / f"{name}.json")})
 
             run.log_metrics({"wall_time_s": wall_time})
             lineage.log_prepared_dataset(run, prepared)  # the data version, by its DVC hash

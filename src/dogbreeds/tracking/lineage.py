@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import suppress
 from pathlib import Path
 
 from dogbreeds.tracking import store  # noqa: F401  (sets MLflow's environment before mlflow loads)
@@ -33,6 +34,21 @@ def dvc_hash(out: str, lock_file: Path = Path("dvc.lock")) -> str | None:
             if entry.get("path") == out and entry.get("md5"):
                 return entry["md5"]
     return None
+
+
+def dvc_records(md5: str, root: Path, lock_file: Path = Path("dvc.lock")) -> bool | None:
+    """Whether DVC recorded an output file whose md5 is `md5`: in dvc.lock (here or at `root`),
+    or in an entry of its run cache (`<root>/.dvc/cache/runs/`), which DVC writes for every
+    stage it completes, in the workspace or in any experiment. None when there is no run cache
+    to look in (a cache elsewhere, or no stage ever completed): then nobody can tell."""
+    for lock in {lock_file, root / "dvc.lock"}:
+        with suppress(OSError):
+            if f"md5: {md5}" in lock.read_text():
+                return True
+    runs = root / ".dvc" / "cache" / "runs"
+    if not runs.is_dir():
+        return None
+    return any(f"md5: {md5}" in entry.read_text() for entry in runs.rglob("*") if entry.is_file())
 
 
 def content_hash(folder: Path) -> str:

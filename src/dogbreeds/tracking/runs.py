@@ -158,21 +158,44 @@ def mark_failed(run_id: str, root: Path | None = None) -> None:
 
 
 RESUME_KEY_TAG = "resume_key"
+# The md5 of the metrics file a training wrote (DVC's own hash of it): a later attempt with the
+# same resume key asks DVC whether that file was ever recorded (`tracking.lineage.dvc_records`).
+OUTPUT_MD5_TAG = "metrics_md5"
+UNRECORDED = (
+    "the training finished, but its stage was killed before DVC recorded its outputs; "
+    "a later attempt trained it again"
+)
 
 
-def fail_abandoned_runs(key: str, root: Path | None = None) -> list[str]:
-    """Mark FAILED every RUNNING run tagged `resume_key=<key>`; return their ids.
+def fail_abandoned_runs(
+    key: str, recorded: Callable[[str], bool | None] | None = None, root: Path | None = None
+) -> list[str]:
+    """Mark FAILED every run tagged `resume_key=<key>` that no DVC stage kept; return their ids.
 
     Only the process holding the resume lock of `key` (`resume.claim`) tags its run with the key
-    and calls this, so any other RUNNING run with that tag belongs to a process that died
-    (SIGKILL, power cut): killed before its first epoch, it left no state that names it.
+    and calls this, so another RUNNING run with that tag belongs to a process that died
+    (SIGKILL, power cut): killed before its first epoch, it left no state that names it. A
+    FINISHED one whose metrics file DVC never recorded (`recorded(md5)` is False: not in
+    dvc.lock nor in the run cache) was killed in the moment between its end and DVC's commit;
+    its outputs are gone, so it is FAILED too, with a tag saying why. A FINISHED run DVC did
+    record (`dvc repro --force` trains it again) stays FINISHED, as does one nobody can tell.
     """
     client, experiment_id = open_experiment(root)
-    query = f"tags.{RESUME_KEY_TAG} = '{key}' and attributes.status = 'RUNNING'"
-    abandoned = [r.info.run_id for r in client.search_runs([experiment_id], query)]
-    for run_id in abandoned:
-        write(client.tracking_uri, partial(client.set_terminated, run_id, "FAILED"), "end")
-        log.info("MLflow run %s was left RUNNING by a killed training: marked FAILED", run_id)
+    query = f"tags.{RESUME_KEY_TAG} = '{key}'"
+    abandoned = []
+    for r in client.search_runs([experiment_id], query):
+        md5 = r.data.tags.get(OUTPUT_MD5_TAG)
+        if r.info.status == "RUNNING":
+            why = "was left RUNNING by a killed training"
+        elif r.info.status == "FINISHED" and md5 and recorded and recorded(md5) is False:
+            why = "finished, but DVC never recorded its outputs"
+            write(client.tracking_uri, partial(client.set_tag, r.info.run_id, "failure",
+                                               UNRECORDED), "tag")  # fmt: skip
+        else:
+            continue
+        write(client.tracking_uri, partial(client.set_terminated, r.info.run_id, "FAILED"), "end")
+        log.info("MLflow run %s %s: marked FAILED", r.info.run_id, why)
+        abandoned.append(r.info.run_id)
     return abandoned
 
 

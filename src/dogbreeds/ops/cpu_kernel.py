@@ -9,6 +9,11 @@ The build targets this CPU (``-march=native``), so the cache name carries a fing
 the CPU's feature flags and of the source: a home directory shared between machines never
 loads a build made for another CPU, and two checkouts with different kernel sources (a
 worktree, a `dvc exp run --temp` copy of another commit) never rebuild over each other.
+The build compiles a copy of the source at a path named by that same name (`stable_source`),
+not the checkout's own file: ninja rebuilds whenever a build command changes, and the source's
+path is in it, so every other checkout path (a `dvc queue` temp copy, a cluster worker's clone,
+a test's project) rebuilt the kernel, about 40 s per deformable stage, and checkouts building
+at once rebuilt over each other (docs/performance.md, "A stage's fixed cost").
 
 Where no compiler is found, `cpu_kernel_error` says why, and `auto` falls back to `gather`.
 """
@@ -43,6 +48,28 @@ def source_fingerprint() -> str:
     return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:8]
 
 
+def extensions_dir() -> Path:
+    """Where torch caches JIT extensions (its default, unless TORCH_EXTENSIONS_DIR is set)."""
+    default = Path.home() / ".cache" / "torch_extensions"
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or default)
+
+
+def stable_source(name: str) -> Path:
+    """The kernel's source copied to a path that depends on `name` only, not on the checkout.
+
+    The copy is written once (atomically: checkouts may build at once); a file that exists
+    already has the same bytes, since `name` carries the source's fingerprint, and is left as it
+    is, so that its mtime does not make ninja rebuild.
+    """
+    path = extensions_dir() / "dogbreeds-sources" / name / SOURCE.name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{SOURCE.name}.{os.getpid()}")
+        tmp.write_bytes(SOURCE.read_bytes())
+        os.replace(tmp, path)
+    return path
+
+
 @functools.cache
 def _build() -> tuple[ModuleType | None, str]:
     try:
@@ -55,9 +82,10 @@ def _build() -> tuple[ModuleType | None, str]:
         log.info(
             "loading the C++ DeformConv CPU kernel (built on first use on a machine, about 20 s)"
         )
+        name = f"dogbreeds_deform_cpu_{cpu_fingerprint()}_{source_fingerprint()}"
         module = load(
-            name=f"dogbreeds_deform_cpu_{cpu_fingerprint()}_{source_fingerprint()}",
-            sources=[str(SOURCE)],
+            name=name,
+            sources=[str(stable_source(name))],  # not SOURCE: see the module docstring
             extra_cflags=["-O3", "-march=native", "-fno-trapping-math", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
         )

@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
     {"analysis", "tracking"},  # scores, stats, report, plots | MLflow runs
     {"serving"},  # classifier, pyfunc, registry
     {"pipeline"},  # stage functions: train, evaluate
+    {"cluster"},  # dvc repro on a Dask cluster (runs git and dvc; imports no stage code)
     {"commands", "__main__"},  # python -m dogbreeds <command>
 ]
 LAYER = {unit: i for i, units in enumerate(LAYERS) for unit in units}

@@ -11,7 +11,7 @@ import sys
 
 COMMANDS = {
     "bench": "training-step and evaluation throughput of every net (docs/performance.md)",
-    "cluster": "dvc repro on a Dask cluster: stages on workers, shared through DVC's run cache",
+    "cluster": "dvc repro on a Dask cluster: each stage on a worker, shared via the DVC remote",
     "compare": "accuracy against MACs and params across DVC experiments",
     "fixedcost": "a train and evaluate stage's cost besides its work: imports, store, logging",
     "grid": "queue MobileNet's width x resolution grid as DVC experiments",

@@ -71,3 +71,18 @@ def test_bad_arguments_name_what_is_wrong(tmp_path, capsys):
     (tmp_path / "empty" / "eval").mkdir(parents=True)
     with pytest.raises(SystemExit, match="no metrics/eval"):
         recipes.main([f"a={tmp_path / 'empty'}", f"b={tmp_path / 'empty'}"])
+
+
+def test_only_the_runs_the_studys_params_name_count(tmp_path):
+    """A workspace's metrics/ keeps an earlier experiment's cnn files: params leave them out."""
+    runs = {"cnn-s20_14_6-0": (0.5, 0.4, 0.4, 0.3), "deformable-s20_14_6-0": (0.5, 0.4, 0.4, 0.3)}
+    base = study(tmp_path / "base", runs)
+    study(tmp_path / "offlr1" / "metrics", runs)
+    (tmp_path / "offlr1" / "params.yaml").write_text(
+        "train:\n  archs: [deformable]\n  schedules: {s20_14_6: {}}\n  seeds: [0]\n"
+    )
+    out = tmp_path / "r.md"
+    assert (
+        recipes.main([f"a={base}", f"b={tmp_path / 'offlr1' / 'metrics'}", "--out", str(out)]) == 0
+    )
+    assert [r["arch"] for r in json.loads(out.with_suffix(".json").read_text())] == ["deformable"]

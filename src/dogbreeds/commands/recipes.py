@@ -1,7 +1,8 @@
 """`python -m dogbreeds recipes`: one change to the training recipe at a time, against the default.
 
 Each argument is a finished study's `metrics/` folder (the workspace's, or a copy of an
-experiment's), as `name=path`; the first is the baseline. For every net and schedule the
+experiment's, with its params.yaml inside or beside it), as `name=path`; the first is the
+baseline. For every net and schedule the
 baseline and a variant share, and every seed they share, it pairs the runs by seed and prints
 the variant's mean and its paired difference from the baseline with a 95% t interval, for
 train accuracy (last epoch), val accuracy, clean test accuracy and deformed test accuracy:
@@ -26,6 +27,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from dogbreeds.analysis.paper import PAPER_RESULTS, PAPER_SCHEDULES
 from dogbreeds.analysis.results import fmt_number, read_json
 from dogbreeds.analysis.stats import holm, paired_test, t_interval
@@ -49,12 +52,33 @@ class Row:
     baseline: dict[str, tuple[float, ...]]  # measure -> the baseline's, same seeds
 
 
+def study_cells(folder: Path) -> set[tuple[str, str, int]] | None:
+    """The (arch, schedule, seed) runs the study's params.yaml names (in the folder or beside
+    it), or None without one. A workspace's metrics/ keeps the files of earlier experiments
+    whose nets this one does not train; only the params say which runs are this study's."""
+    for params in (folder / "params.yaml", folder.parent / "params.yaml"):
+        if params.is_file():
+            train = (yaml.safe_load(params.read_text()) or {}).get("train", {})
+            schedules, seeds = train.get("schedules", {}), train.get("seeds", [])
+            return {
+                (a, s, int(x)) for a in train.get("archs", []) for s in schedules for x in seeds
+            }
+    return None
+
+
 def read_study(folder: Path) -> dict[tuple[str, str, int], dict[str, float]]:
-    """(arch, schedule, seed) -> measure -> value, for every run with train and eval metrics."""
+    """(arch, schedule, seed) -> measure -> value, for every run of the study (its params, if
+    found) with train and eval metrics."""
+    cells = study_cells(folder)
     runs = {}
     for path in sorted((folder / "eval").glob("*.json")):
         found = RUN.match(path.stem)
         if not found:  # <run>-robustness.json, <run>-confusion.json
+            continue
+        if (
+            cells is not None
+            and (found["arch"], found["schedule"], int(found["seed"])) not in cells
+        ):
             continue
         files = {"eval": read_json(path), "train": read_json(folder / "train" / path.name)}
         key = (found["arch"], found["schedule"], int(found["seed"]))

@@ -67,15 +67,16 @@ def queue_workers(repo: Path, jobs: int, env: dict | None = None) -> Iterator[No
                 os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
 
 
-def wait_for_queue(repo: Path, timeout_s: float = 900) -> str:
-    """Poll `dvc queue status` until nothing is queued or running; return the last status."""
+def wait_for_experiments(project: Path, names: set[str], timeout_s: float = 900) -> dict[str, str]:
+    """Poll `dvc queue status` until each named experiment ended; return name -> status. (The
+    killed one may stay "Running" there: DVC cannot tell a dead worker from a busy one.)"""
     deadline = time.monotonic() + timeout_s
     while True:
-        status = run(["dvc", "queue", "status"], repo).stdout
-        if "Queued" not in status and "Running" not in status:
+        lines = run(["dvc", "queue", "status"], project).stdout.splitlines()
+        status = {n: line.split()[-1] for line in lines for n in names if f" {n} " in line}
+        if set(status) == names and all(s in ("Success", "Failed") for s in status.values()):
             return status
-        if time.monotonic() > deadline:
-            raise AssertionError(f"dvc queue still busy after {timeout_s} s:\n{status}")
+        assert time.monotonic() < deadline, lines
         time.sleep(3)
 
 

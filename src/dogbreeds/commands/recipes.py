@@ -12,8 +12,9 @@ the numbers that say which change of recipe moves which accuracy.
         fp32=runs/fp32/metrics --out results/recipes-64px/recipes.md
 
 The p values are Holm-adjusted over the whole table, one family per measure (every variant x
-net x schedule row); "identical" marks a difference that is the same on every seed (never
-called significant, docs/statistics.md). A variant with one shared seed gets its numbers and no
+net x schedule row); "identical" marks a difference that is the same on every seed, "untested" one
+with fewer than 3 distinct values over the seeds (neither is ever called significant: the
+degenerate rule of docs/statistics.md). A variant with one shared seed gets its numbers and no
 interval. The paper's value of the same cell is printed beside the variant's, where the paper
 has one.
 """
@@ -139,7 +140,8 @@ def table(rows_: list[Row], baseline: str) -> str:
                 diff = f"{fmt_number(ci.mean, signed=True)}, identical on every seed"
             else:
                 low, high = fmt_number(ci.low, signed=True), fmt_number(ci.high, signed=True)
-                diff = f"{fmt_number(ci.mean, signed=True)} [{low}, {high}], p {adjusted[m][i]:.3f}"
+                diff = f"{fmt_number(ci.mean, signed=True)} [{low}, {high}], "
+                diff += "untested (< 3 distinct)" if test.degenerate else f"p {adjusted[m][i]:.3f}"
             line += f" {mean} | {diff} |"
         lines.append(line)
     return "\n".join(lines)

@@ -40,6 +40,7 @@ from servers import (
     require,
     signed_in,
 )
+from test_chaos import lock_without_facts, without_facts
 
 pytestmark = [pytest.mark.slow, pytest.mark.team]
 
@@ -51,7 +52,6 @@ TRIM = {
 TRAININGS = {"cnn-s20_14_6-0", "deformable-s20_14_6-0"}
 DATA_STAGES = ("download", "merge", "split", "deform")
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # CPU numbers repeat
-RUN_FACTS = {"wall_time_s", "mlflow_run_id"}
 UP_TO_DATE = "Data and pipelines are up to date."
 FIRST_EPOCH = re.compile(r"^\[(w\d)\] train@(\S+) \| .* epoch 1: ")
 DB_PASSWORD = f"pw-{secrets.token_hex(8)}"
@@ -87,14 +87,6 @@ def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float =
     raise AssertionError(f"port {port} never opened:\n{log.read_text()}")
 
 
-def without_facts(tree):
-    if isinstance(tree, dict):
-        return {k: without_facts(v) for k, v in tree.items() if k not in RUN_FACTS}
-    if isinstance(tree, list):
-        return [without_facts(v) for v in tree]
-    return tree
-
-
 def outputs(repo: Path) -> dict[str, bytes]:
     """Every file under the outputs dvc.lock lists; a JSON file without its run facts."""
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
@@ -109,18 +101,6 @@ def outputs(repo: Path) -> dict[str, bytes]:
                     data = json.dumps(without_facts(json.loads(data)), sort_keys=True).encode()
                 found[str(path.relative_to(repo))] = data
     return found
-
-
-def lock_without_facts(repo: Path, facts: set[str]) -> dict:
-    """dvc.lock with the hashes of the files holding run facts (and their folders) left out."""
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    for stage in lock["stages"].values():
-        for entry in stage.get("deps", []) + stage.get("outs", []):
-            path = entry["path"].rstrip("/")
-            if path in facts or any(f.startswith(path + "/") for f in facts):
-                for key in ("md5", "size", "nfiles", "hash"):
-                    entry.pop(key, None)
-    return lock
 
 
 def fact_files(repo: Path, files: dict[str, bytes]) -> set[str]:

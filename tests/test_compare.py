@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import queue_workers, run, wait_for_queue
+from conftest import queue_workers, run, wait_for_experiments
 from PIL import Image
 
 from dogbreeds.commands.compare import (
@@ -176,8 +176,8 @@ def test_a_queued_2x2_grid_is_compared_in_figures_and_table(project: Path):
 
     # 2. DVC runs the queue; every experiment succeeds.
     with queue_workers(project, jobs=1, env=ONE_THREAD):
-        status = wait_for_queue(project)
-    assert {line.split()[1] for line in status.splitlines() if "Success" in line} == names, status
+        status = wait_for_experiments(project, names)
+    assert set(status.values()) == {"Success"}, status
     params = yaml.safe_load(committed(project, "g-a0.5-r24", "params.yaml"))
     assert params["model"] == {**params["model"], "width_mult": 0.5, "resolution": 24}
     assert list(params["train"]["schedules"]) == ["s20_14_6"]

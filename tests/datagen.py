@@ -18,6 +18,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from dogbreeds.common.dotted import set_keys
 from dogbreeds.params import Params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,17 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 STANFORD_CHIHUAHUA = "n02085620-Chihuahua"
 STANFORD_PUG = "n02110958-pug"
 STANFORD_OTHER = "n02088364-beagle"  # in the full archive, not in the study
-
-
-def set_keys(tree: dict, updates: dict) -> dict:
-    """Set dotted keys in a params tree in place, e.g. {"split.seed": 1}; returns the tree."""
-    for key, value in updates.items():
-        node = tree
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    return tree
 
 
 def params_with(**updates) -> Params:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from dogbreeds.common.dotted import set_keys
 from dogbreeds.common.timeline import ENV
 
 ROOT = Path(__file__).resolve().parents[3]  # the repository: dvc.yaml, stages/, src/
@@ -99,16 +100,6 @@ def import_report(times: dict[str, list[float]]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- stages
-
-
-def set_keys(tree: dict, updates: dict) -> dict:
-    for dotted, value in updates.items():
-        *parents, last = dotted.split(".")
-        node = tree
-        for key in parents:
-            node = node[key]
-        node[last] = value
-    return tree
 
 
 def copy_code(repo: Path) -> None:

@@ -121,8 +121,5 @@ def write_json(path: str | Path, data) -> None:
 
 def file_md5(path: str | Path) -> str:
     """The md5 of a file's bytes: the hash DVC 3 records for it in dvc.lock (`hash: md5`)."""
-    digest = hashlib.md5()
     with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()

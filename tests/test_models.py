@@ -104,3 +104,18 @@ def test_offset_parameters_are_the_offset_convs():
     offsets = offset_parameters(model)
     assert sum(p.numel() for p in offsets) == 5_202 + 10_386 + 20_754
     assert offset_parameters(build_model("cnn")) == []
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize(("alpha", "side"), [(1.0, 64), (0.5, 48), (0.75, 33)])
+def test_macs_are_what_torch_flop_counter_counts(name, alpha, side):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(name, width_mult=alpha, deform_backend="reference").eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, side, side))
+    assert count_macs(model, side) == counter.get_total_flops() // 2
+    # The count does not depend on the backend that runs DeformConv, nor change the net.
+    gather = build_model(name, width_mult=alpha, deform_backend="gather").train()
+    assert count_macs(gather, side) == count_macs(model, side)
+    assert gather.training

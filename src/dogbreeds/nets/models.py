@@ -192,18 +192,41 @@ def count_params(model: nn.Module) -> int:
 def count_macs(model: nn.Module, resolution: int) -> int:
     """Multiply-accumulates of one forward pass on a resolution x resolution image.
 
-    Counted by torch.utils.flop_counter (FLOPs / 2), on CPU with the reference backend for
-    DeformConv, whose bilinear sampling is not a matmul and so is not counted.
+    Counted from each layer's output as torch.utils.flop_counter counts them (its FLOPs / 2;
+    tests/test_models.py checks that the two agree): an output element of a conv costs one
+    MAC per weight of its filter (Cin/groups x kh x kw), of a linear layer one per input. A
+    DeformConv counts as a conv with its weights, plus its offset conv; its bilinear sampling
+    is not a matmul and so is not counted. Not the counter itself: it imports torch._dynamo,
+    about a second of each train stage (`python -m dogbreeds fixedcost`).
     """
-    from torch.utils.flop_counter import FlopCounterMode
+    macs = 0
 
-    x = torch.zeros(1, 3, resolution, resolution)
+    def count(per_output: int):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            nonlocal macs
+            macs += output.numel() * per_output
+
+        return hook
+
+    im2col = {id(m.conv) for m in model.modules() if isinstance(m, DeformConv)}
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, DeformConv):  # whichever backend: the reference's conv may not run
+            hooks.append(m.register_forward_hook(count(m.conv.weight[0].numel())))
+        elif isinstance(m, nn.Conv2d) and id(m) not in im2col:
+            hooks.append(m.register_forward_hook(count(m.weight[0].numel())))
+        elif isinstance(m, nn.Linear):
+            hooks.append(m.register_forward_hook(count(m.in_features)))
     was_training = model.training
     model.eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x)
-    model.train(was_training)
-    return counter.get_total_flops() // 2
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, resolution, resolution))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return macs
 
 
 def net_size(name: str, width_mult: float, resolution: int) -> tuple[int, int]:

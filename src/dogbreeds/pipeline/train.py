@@ -29,7 +29,6 @@ from dogbreeds.data.preprocess import Normalize, channel_stats
 from dogbreeds.nets.models import MODELS, build_model, net_size
 from dogbreeds.ops.deform_conv import default_backend
 from dogbreeds.params import Params, Schedule, for_seed, run_name, select_run
-from dogbreeds.serving import pyfunc
 from dogbreeds.tracking import lineage
 from dogbreeds.tracking import runs as tracking
 from dogbreeds.tracking.store import store_root
@@ -165,6 +164,8 @@ def run_training(
 
             run.log_metrics({"wall_time_s": wall_time})
             lineage.log_prepared_dataset(run, prepared)  # the data version, by its DVC hash
+            from dogbreeds.serving import pyfunc  # MLflow's model code: only where it logs one
+
             pyfunc.log_model(run, models_dir / f"{name}.pt")  # servable: runs:/<id>/model
             run.log_artifact(metrics_dir / f"{name}.tsv")  # MLflow charts the curves itself
         if owned:

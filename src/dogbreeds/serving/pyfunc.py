@@ -23,6 +23,10 @@ from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from dogbreeds.tracking import store  # noqa: F401  (sets MLflow's environment before mlflow loads)
+
+# isort: split
+
 import mlflow.models.utils
 import mlflow.pyfunc
 import mlflow.utils.environment

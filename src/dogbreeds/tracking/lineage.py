@@ -10,16 +10,15 @@ import hashlib
 import json
 from contextlib import suppress
 from pathlib import Path
-
-from dogbreeds.tracking import store  # noqa: F401  (sets MLflow's environment before mlflow loads)
-
-# isort: split
+from typing import TYPE_CHECKING
 
 import yaml
-from mlflow.entities import Dataset, DatasetInput, InputTag
 
 from dogbreeds.tracking.runs import Run
 from dogbreeds.tracking.store import write
+
+if TYPE_CHECKING:  # MLflow is imported where a run is opened (see tracking.store)
+    from mlflow.entities import Dataset
 
 
 def dvc_hash(out: str, lock_file: Path = Path("dvc.lock")) -> str | None:
@@ -67,6 +66,8 @@ def prepared_dataset(prepared: Path, out: str = "data/prepared") -> Dataset:
     runs), so `dvc.lock` and MLflow agree on which data version a run used; outside DVC it is
     an md5 of the files, and the source says so.
     """
+    from mlflow.entities import Dataset
+
     md5 = dvc_hash(out)
     source = {"path": out, "dvc_md5": md5}
     if md5 is None:
@@ -83,6 +84,8 @@ def prepared_dataset(prepared: Path, out: str = "data/prepared") -> Dataset:
 
 def log_prepared_dataset(run: Run, prepared: Path, context: str = "training") -> Dataset:
     """Link the run to the prepared data version it used (the UI's Dataset column)."""
+    from mlflow.entities import DatasetInput, InputTag
+
     dataset = prepared_dataset(prepared)
     tags = [InputTag("mlflow.data.context", context)]
     inputs = [DatasetInput(dataset, tags)]

@@ -16,18 +16,13 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
-
-from dogbreeds.tracking import store  # noqa: F401  (sets MLflow's environment before mlflow loads)
-
-# isort: split
-
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
+from typing import TYPE_CHECKING, Any
 
 from dogbreeds.common.redact import redact
 from dogbreeds.tracking.store import open_experiment, ui_url, write
+
+if TYPE_CHECKING:  # MLflow is imported where a run is opened (see tracking.store)
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +81,22 @@ class Run:
         write(self.client.tracking_uri, action, what)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
         # MlflowClient.log_batch splits params into MLflow's 100-per-request limit itself.
         items = [Param(key, redact(value)) for key, value in flatten(params).items()]
         self._write(lambda: self.client.log_batch(self.run_id, params=items), "params")
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
         batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
         self._write(lambda: self.client.log_batch(self.run_id, metrics=batch), "metrics")
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
         items = [RunTag(k, redact(str(v))) for k, v in tags.items()]
         self._write(lambda: self.client.log_batch(self.run_id, tags=items), "tags")
 
@@ -145,6 +146,8 @@ def mark_failed(run_id: str, root: Path | None = None) -> None:
 
     A run missing from this store (another tracking URI, a deleted mlflow.db) is left alone.
     """
+    from mlflow.exceptions import MlflowException
+
     client, _ = open_experiment(root)
     try:
         if client.get_run(run_id).info.status == "RUNNING":
@@ -207,6 +210,8 @@ def resume_run(
     The run is missing when DVC restored the training stage from its run cache into a fresh
     store (or someone deleted mlflow.db): then the evaluation still gets a run of its own.
     """
+    from mlflow.exceptions import MlflowException
+
     client, _ = open_experiment(root)
     try:
         client.get_run(run_id)

@@ -30,17 +30,22 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-# Before mlflow is imported: no usage telemetry, and no INFO chatter in every stage's log.
+from filelock import FileLock
+
+from dogbreeds import DogbreedsError
+from dogbreeds.common.fs import DiskFullError, repo_root
+from dogbreeds.common.redact import redact
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+# MLflow itself is imported where a run is opened or a model logged, not with this module:
+# `import mlflow` is most of a second, and a stage's `--help` (or a DVC stage restored from
+# the run cache) has no use for it (`python -m dogbreeds fixedcost`, "imports").
+# Before it is imported: no usage telemetry, and no INFO chatter in every stage's log.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-import mlflow  # noqa: E402
-from filelock import FileLock  # noqa: E402
-
-from dogbreeds import DogbreedsError  # noqa: E402
-from dogbreeds.common.fs import DiskFullError, repo_root  # noqa: E402
-from dogbreeds.common.redact import redact  # noqa: E402
 
 for _noisy in ("mlflow", "alembic"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
@@ -144,18 +149,20 @@ def write(uri: str, action: Callable[[], T], what: str) -> T:
         attempt += 1
 
 
-def open_experiment(root: Path | None = None) -> tuple[mlflow.MlflowClient, str]:
+def open_experiment(root: Path | None = None) -> tuple[MlflowClient, str]:
     """A client for the study's store and the id of its experiment, creating both if needed.
 
     Creating the SQLite schema is not safe when two processes do it at once (a `dvc queue`
     with several jobs), so every process takes the file lock beside the database first.
     """
+    from mlflow import MlflowClient
+
     root = root or store_root()
     uri = tracking_uri(root)
     check_sqlite(uri)
     with store_lock(uri) or file_lock(root / "mlflow.db.lock"):
         try:
-            client = mlflow.MlflowClient(tracking_uri=uri)
+            client = MlflowClient(tracking_uri=uri)
             experiment = client.get_experiment_by_name(EXPERIMENT)
         except Exception as exc:  # a SQLite file cut short or overwritten in the middle
             db = sqlite_file(uri)
@@ -200,6 +207,8 @@ def global_tracking_uri(uri: str) -> Iterator[None]:
     also exports MLFLOW_TRACKING_URI, which `tracking_uri` would then read for the rest of the
     process, so the variable is restored too.
     """
+    import mlflow
+
     saved = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:

@@ -7,6 +7,7 @@ what these return and logs it to MLflow.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -46,6 +47,14 @@ def confusion_records(
     ]
 
 
+class Predictions(NamedTuple):
+    """A net's log-probabilities on one prepared split, with the split's labels and image ids."""
+
+    log_probs: torch.Tensor
+    labels: torch.Tensor
+    ids: list[str]
+
+
 def predict_split(
     model: torch.nn.Module,
     path: Path,
@@ -53,8 +62,8 @@ def predict_split(
     normalize: Normalize,
     batch_size: int,
     amp: str = "off",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probabilities and labels of one prepared split, checked against the net's breeds."""
+) -> Predictions:
+    """The net's predictions on one prepared split, checked against the net's breeds."""
     split = load_split(path)
     if split.breeds != breeds:
         raise EvaluationError(
@@ -63,7 +72,7 @@ def predict_split(
         )
     device = normalize.mean.device
     log_probs = predict(model, split.images.to(device), normalize, batch_size, AMP_DTYPES[amp])
-    return log_probs, split.labels.to(device)
+    return Predictions(log_probs, split.labels.to(device), split.ids)
 
 
 def robustness_curves(
@@ -80,8 +89,6 @@ def robustness_curves(
         curves[kind] = {}
         for strength in params.robustness.strengths:
             path = folder / robustness_file(kind, strength)
-            log_probs, labels = predict_split(
-                model, path, breeds, normalize, params.train.batch_size, amp
-            )
-            curves[kind][f"{strength:g}"] = score(log_probs, labels)[1]
+            out = predict_split(model, path, breeds, normalize, params.train.batch_size, amp)
+            curves[kind][f"{strength:g}"] = score(out.log_probs, out.labels)[1]
     return curves

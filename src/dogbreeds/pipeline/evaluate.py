@@ -33,7 +33,6 @@ from dogbreeds.analysis.scores import (
 )
 from dogbreeds.common import timeline
 from dogbreeds.common.fs import atomic_path, write_json
-from dogbreeds.data.prepared import load_split
 from dogbreeds.data.preprocess import Normalize
 from dogbreeds.params import Params, run_name, select_run
 from dogbreeds.tracking import runs as tracking
@@ -111,9 +110,10 @@ def run_evaluation(
         for prefix, filename in SPLITS.items()
     }
     results: dict = {}
-    for prefix, (log_probs, labels) in outputs.items():
-        results[f"{prefix}_loss"], results[f"{prefix}_acc"] = score(log_probs, labels)
-    log_probs, labels = outputs["test"]  # the paper's test set: where per-breed errors are read
+    for prefix, out in outputs.items():
+        results[f"{prefix}_loss"], results[f"{prefix}_acc"] = score(out.log_probs, out.labels)
+    # The paper's test set (deformed): where per-breed errors are read.
+    log_probs, labels, test_ids = outputs["test"]
     test_labels, predicted = labels.cpu(), log_probs.argmax(dim=1).cpu()
     confusion = confusion_matrix(test_labels, predicted, len(breeds))
     results["per_class_test_acc"] = per_class_accuracy(confusion, breeds)
@@ -133,14 +133,13 @@ def run_evaluation(
     run = tracking.resume_run(trained_in, name, tags)
     results["mlflow_run_id"] = run.run_id
 
-    clean_log_probs, clean_labels = outputs["clean_test"]
+    clean_log_probs, clean_labels, _ = outputs["clean_test"]
     if not torch.equal(clean_labels.cpu(), test_labels):
         raise EvaluationError(
             f"{prepared / SPLITS['clean_test']}: labels differ from {prepared / SPLITS['test']}"
             " (rerun the deform stage: dvc repro deform)"
         )
     predicted_by_split = {"test": predicted, "clean_test": clean_log_probs.argmax(dim=1).cpu()}
-    test_ids = load_split(prepared / SPLITS["test"]).ids
     write_predictions(
         metrics_dir / f"{name}-predictions.csv", test_ids, test_labels, predicted_by_split
     )

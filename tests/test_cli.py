@@ -9,11 +9,13 @@ from pathlib import Path
 
 SCRIPT = """
 import atexit, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from dogbreeds import DogbreedsError
 from dogbreeds.common.cli import run_stage
 
 out = Path(sys.argv[1])
+pool = ThreadPoolExecutor(1)  # kept: a collected executor stops its workers itself
 def late_writer():
     time.sleep(0.3)
     (out / "thread").write_text("joined")
@@ -21,6 +23,9 @@ def late_writer():
 def main():
     atexit.register(lambda: (out / "atexit").write_text("ran"))
     threading.Thread(target=late_writer).start()  # not a daemon: an exit waits for it
+    # An executor left open (MLflow's artifact uploads to a server): its idle worker is not a
+    # daemon either, and only threading's own exit hook tells it to stop.
+    pool.submit(lambda: None).result()
     print("buffered, no newline", end="")  # stdout is a pipe: block-buffered
     sys.stderr.write("to stderr")
     if sys.argv[2] == "fail":

@@ -35,16 +35,16 @@ def run_stage(main: Callable[[], None]) -> NoReturn:
 def end_process(status: int) -> NoReturn:
     """Exit as the interpreter would, less its teardown of every module.
 
-    What an exit does first still happens: non-daemon threads are joined, atexit handlers run
-    (MLflow's, logging's flush), stdout and stderr are flushed. Then `os._exit` skips the
-    garbage collection of torch's and MLflow's thousands of modules and their C++ static
-    destructors, about half a second to a second of every stage that imports them
-    (`python -m dogbreeds fixedcost`, "after last step").
+    What an exit does first still happens, in CPython's order: threading's exit hooks (which
+    stop idle `concurrent.futures` workers, such as MLflow's artifact uploads) and the join of
+    every non-daemon thread (`threading._shutdown`, the interpreter's own call), then the atexit
+    handlers (MLflow's, logging's flush), then stdout and stderr flushed. Then `os._exit` skips
+    the garbage collection of torch's and MLflow's thousands of modules and their C++ static
+    destructors, about a second of every stage that imports them (`python -m dogbreeds
+    fixedcost`, "after last step").
     """
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()  # as CPython's own exit does, after joining the threads
+    threading._shutdown()
+    atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a reader gone, a stream closed
             stream.flush()

@@ -158,6 +158,8 @@ def test_changed_params_or_code_never_resume_a_stale_state(tmp_path: Path) -> No
     assert resume.state_key(params, {**info, "threads": "2"}, [data]) != key
     data.write_bytes(b"other images")
     assert resume.state_key(params, info, [data]) != key
+    import dogbreeds.training.loop  # noqa: F401  (loaded_code lists the modules loaded so far)
+
     code = resume.loaded_code()
     assert (
         ROOT / "src/dogbreeds/training/loop.py" in code
@@ -186,3 +188,21 @@ def test_a_torn_state_file_is_ignored_with_a_warning(tmp_path: Path, caplog) -> 
     (tmp_path / "s.pt").write_bytes(b"not a torch file")
     assert resume.load_state(tmp_path / "s.pt") is None
     assert "unreadable resume state" in caplog.text
+
+
+def test_a_state_write_cut_short_is_cleared_by_the_next_claim(tmp_path: Path) -> None:
+    """A SIGKILL inside `save_state` leaves atomic_path's temporary folder; the next attempt
+    that owns the state removes it, so a finished run leaves no `.resume` behind."""
+    folder = tmp_path / ".resume"
+    path = folder / "cnn-s20_14_6-3-abc.pt"
+    torn = folder / f".{path.name}.x1y2z3"
+    torn.mkdir(parents=True)
+    (torn / path.name).write_bytes(b"half a state")
+    other = folder / ".dsc-s20_14_6-3-abc.pt.q9"  # another run's write in progress: not ours
+    other.mkdir()
+    with resume.claim(path) as owned:
+        assert owned and not torn.exists() and other.exists()
+    other.rmdir()
+    with resume.claim(path) as owned:
+        assert owned
+    assert not folder.exists()  # the last claim takes the empty folder with it

@@ -7,6 +7,7 @@ line from the stage shell instead of torch's `[enforce fail at inline_container.
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import json
 import os
@@ -111,6 +112,19 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         _open_targets.pop()
         if tmp is not target:
             shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def remove_temporaries(target: str | Path) -> list[Path]:
+    """Delete what `atomic_path(target)` writes killed mid-write left beside `target`; return it.
+
+    A SIGKILL skips `atomic_path`'s cleanup, so its temporary folder `.<name>.<random>/` stays.
+    Call this only while no other process can be writing `target` (under its lock).
+    """
+    target = Path(target)
+    stale = sorted(target.parent.glob(f".{glob.escape(target.name)}.*"))
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 def write_json(path: str | Path, data) -> None:

@@ -31,7 +31,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from dogbreeds import DogbreedsError
-from dogbreeds.common.fs import atomic_path, repo_root, unreadable
+from dogbreeds.common.fs import atomic_path, remove_temporaries, repo_root, unreadable
 from dogbreeds.training.history import EpochRecord
 from dogbreeds.training.state import TrainState
 
@@ -91,6 +91,8 @@ def claim(path: Path) -> Iterator[bool]:
         log.warning("%s is in use by another training of the same run: not resuming it", path)
         yield False
         return
+    for stale in remove_temporaries(path):  # a state write that a kill cut short
+        log.info("removed %s, a resume state write cut short", stale)
     try:
         yield True
     finally:

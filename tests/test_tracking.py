@@ -237,3 +237,21 @@ def test_a_finished_run_dvc_never_recorded_is_failed_and_a_recorded_one_stays(tm
         run.set_tags({tracking.OUTPUT_MD5_TAG: "d" * 32})
     assert dvc_records("d" * 32, tmp_path) is None
     assert tracking.fail_abandoned_runs("k1", recorded, tmp_path) == []
+
+
+def test_an_experiment_another_machine_creates_meanwhile_is_used(tmp_path, monkeypatch):
+    """A server's store has no lock of ours: two cluster workers can both find no experiment
+    and both create it. The one whose create fails takes the other's."""
+    from mlflow import MlflowClient
+
+    _, created = store.open_experiment(tmp_path)  # the other machine's, a moment earlier
+    lookup = MlflowClient.get_experiment_by_name
+    calls = []
+
+    def lookup_before_the_other_created_it(self, name):
+        calls.append(name)
+        return None if len(calls) == 1 else lookup(self, name)
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", lookup_before_the_other_created_it)
+    _, experiment_id = store.open_experiment(tmp_path)
+    assert experiment_id == created and len(calls) == 2

@@ -156,6 +156,7 @@ def open_experiment(root: Path | None = None) -> tuple[MlflowClient, str]:
     with several jobs), so every process takes the file lock beside the database first.
     """
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     root = root or store_root()
     uri = tracking_uri(root)
@@ -176,11 +177,19 @@ def open_experiment(root: Path | None = None) -> tuple[MlflowClient, str]:
             location = (
                 None if "MLFLOW_TRACKING_URI" in os.environ else (root / "mlartifacts").as_uri()
             )
-            experiment_id = client.create_experiment(
-                EXPERIMENT, artifact_location=location, tags=EXPERIMENT_KIND
-            )
-            log.info("created MLflow experiment '%s' in %s", EXPERIMENT, redact(uri))
-            return client, experiment_id
+            try:
+                experiment_id = client.create_experiment(
+                    EXPERIMENT, artifact_location=location, tags=EXPERIMENT_KIND
+                )
+            except MlflowException as exc:
+                # A server's store has no lock of ours: another machine (a cluster worker, a
+                # teammate) created it between the lookup and now. Then it is the one to use.
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                experiment = client.get_experiment_by_name(EXPERIMENT)
+            else:
+                log.info("created MLflow experiment '%s' in %s", EXPERIMENT, redact(uri))
+                return client, experiment_id
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
         for key, value in EXPERIMENT_KIND.items():  # a store made before the tag existed

@@ -49,7 +49,9 @@ class StageJob:
     step: Step
     git_remote: str  # a URL or path every worker can fetch the commit from
     commit: str
-    env: Mapping[str, str] = field(default_factory=dict)  # forwarded from the caller
+    # Forwarded from the caller; out of the repr, which Dask's worker logs when a task fails
+    # ("Compute Failed ... Task: ..."): it may hold MLFLOW_TRACKING_PASSWORD.
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
     worker_dir: str | None = None  # else the worker's Dask local directory
 
 

@@ -40,7 +40,7 @@ the stage with one line `error: ...` on stderr, exit status 1, and no output.
 | 28 | HTML error page saved as `.tar`        | `data.stanford: <path> is an HTML page, not an archive (an error or login page saved in its place?)` |
 | 29 | typo'd key `train.batchsize`           | `params.yaml: params: unknown key 'train.batchsize'; did you mean 'train.batch_size'?` |
 | 30 | `data.stanford.sha256: 0`              | `... 'data.stanford.sha256' must be a quoted string of 64 hex digits or '', got the int 0 (YAML reads unquoted digits as a number)` |
-| 31 | `train.augment.hflip: "false"`         | `... 'train.augment.hflip' must be true or false, got 'false'`       |
+| 31 | `train.normalize: "false"`             | `... 'train.normalize' must be true or false, got 'false'`           |
 | 32 | an epoch count of -1                   | `... 'train.schedules.s20_14_6.epochs' must hold integers >= 1, got -1` |
 | 33 | `train.archs: []`                      | `... 'train.archs' must be a non-empty list`                         |
 | 34 | unknown schedule `--schedule s20_14_7` | `unknown --schedule 's20_14_7'; params 'train.schedules': s20_14_6, s50_7_3, s50_14_6` |
@@ -285,7 +285,7 @@ def stage(name: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
 PARAMS = {  # row: (key, value, message)
     "typo": ("train.batchsize", 16, "unknown key 'train.batchsize'; did you mean 'train.batch_size'?"),
     "sha256 0": ("data.stanford.sha256", 0, "'data.stanford.sha256' must be a quoted string"),
-    "hflip string": ("train.augment.hflip", "false", "'train.augment.hflip' must be true or false"),
+    "normalize string": ("train.normalize", "false", "'train.normalize' must be true or false"),
     "epochs -1": ("train.schedules.s20_14_6.epochs", [-1, 14, 6], "must hold integers >= 1, got -1"),
     "empty archs": ("train.archs", [], "'train.archs' must be a non-empty list"),
     "val + test": ("split.val", 0.75, "'split.val' + 'split.test' must be < 1, got 1.0"),

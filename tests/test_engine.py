@@ -20,6 +20,12 @@ from dogbreeds.training import batches, devices, loop, optim
 CPU = torch.device("cpu")
 
 
+def aug(**changes) -> AugmentParams:
+    """The study's default augmentation with some fields changed."""
+    base = {"hflip": 0.5, "crop": "zoom", "crop_scale": 0.8, "crop_pad": 0.0, "rotation": 0.0}
+    return AugmentParams(**(base | changes))
+
+
 def load_splits(prepared: Path) -> tuple[Split, Split, preprocess.Normalize]:
     train = load_split(prepared / "train.pt")
     val = load_split(prepared / "val.pt")
@@ -191,7 +197,7 @@ def test_gradients_are_clipped_by_value_before_each_step(prepared, monkeypatch):
 
 def test_augment_flip_only_mirrors_exactly():
     x = torch.rand(16, 3, 8, 8)
-    theta = batches.augment_thetas(16, torch.Generator().manual_seed(0), hflip=True, crop_scale=1.0)
+    theta = batches.augment_thetas(16, torch.Generator().manual_seed(0), aug(hflip=0.5, crop_scale=1.0))
     out = batches.augment(x, theta)
     flipped = [torch.allclose(o, xi.flip(-1), atol=1e-6) for o, xi in zip(out, x, strict=True)]
     kept = [torch.allclose(o, xi, atol=1e-6) for o, xi in zip(out, x, strict=True)]
@@ -206,7 +212,7 @@ def test_augment_crop_zooms_in_at_a_seeded_position():
     ramp = torch.arange(side, dtype=torch.float32)
     x = torch.stack([ramp.expand(side, side), ramp[:, None].expand(side, side)])  # (2, H, W)
     x = x.unsqueeze(0).repeat(64, 1, 1, 1)  # x-ramp, y-ramp channels
-    draw = lambda: batches.augment_thetas(64, torch.Generator().manual_seed(1), False, 0.5)  # noqa: E731
+    draw = lambda: batches.augment_thetas(64, torch.Generator().manual_seed(1), aug(hflip=0, crop_scale=0.5))  # noqa: E731
     a, b = batches.augment(x, draw()), batches.augment(x, draw())
     assert torch.equal(a, b)  # seeded
 
@@ -225,8 +231,71 @@ def test_augment_crop_zooms_in_at_a_seeded_position():
     scales = torch.tensor([o[0].mean(dim=0)[inner].diff().mean().item() for o in a])
     starts = torch.tensor([o[0].mean(dim=0)[4].item() for o in a])
     assert scales.std() > 0.05 and starts.std() > 0.5  # both drawn per image, not fixed
-    assert batches.augment_thetas(64, torch.Generator(), hflip=False, crop_scale=1.0) is None
+    assert batches.augment_thetas(64, torch.Generator(), aug(hflip=0, crop_scale=1.0)) is None
     assert batches.augment(x, None) is x
+
+
+def ramp_images(n: int, side: int) -> torch.Tensor:
+    """(n, 2, side, side): channel 0 holds each pixel's x index, channel 1 its y index."""
+    ramp = torch.arange(side, dtype=torch.float32)
+    x = torch.stack([ramp.expand(side, side), ramp[:, None].expand(side, side)])
+    return x.unsqueeze(0).repeat(n, 1, 1, 1)
+
+
+def test_augment_rotation_moves_a_known_pixel_where_it_should():
+    """A turn by a about the centre: the output pixel at (u, v) from the centre reads the
+    input at R(a) (u, v); the drawn angles stay within +-rotation; the corners turned out of
+    the window are black, the centre never."""
+    side, n = 33, 256
+    generator = torch.Generator().manual_seed(5)
+    theta = batches.augment_thetas(n, generator, aug(hflip=0, crop_scale=1.0, rotation=30))
+    angles = torch.rad2deg(torch.atan2(theta[:, 1, 0], theta[:, 1, 1]))
+    assert angles.abs().max() <= 30 and angles.abs().max() > 25 and angles.min() < -25
+    out = batches.augment(ramp_images(n, side), theta)
+    c = side // 2  # the centre pixel: a turn leaves it in place
+    assert torch.allclose(out[:, 0, c, c], torch.full((n,), float(c)), atol=1e-4)
+    u, v = 6, 0  # 6 px right of the centre
+    a = torch.deg2rad(angles)
+    x = c + torch.cos(a) * u - torch.sin(a) * v  # the input point it reads (pixel units)
+    y = c + torch.sin(a) * u + torch.cos(a) * v
+    assert torch.allclose(out[:, 0, c + v, c + u], x, atol=1e-3)
+    assert torch.allclose(out[:, 1, c + v, c + u], y, atol=1e-3)
+    turned = angles.abs() > 10  # a corner of the window leaves it: black there
+    assert torch.all(out[turned][:, :, 0, 0] == 0)
+    assert torch.all(out[~turned.logical_or(angles.abs() > 0.5)][:, :, c, c] != 0)
+
+
+def test_augment_flip_rate_is_the_flip_probability():
+    n = 20000
+    theta = batches.augment_thetas(n, torch.Generator().manual_seed(0), aug(hflip=0.3))
+    rate = (theta[:, 0, 0] < 0).double().mean().item()
+    assert abs(rate - 0.3) < 4 * (0.3 * 0.7 / n) ** 0.5  # within 4 standard errors
+    never = batches.augment_thetas(100, torch.Generator().manual_seed(0), aug(hflip=0.0))
+    assert torch.all(never[:, 0, 0] > 0)
+
+
+def test_augment_pad_crop_is_the_templates_resize_256_crop_224_with_4px_padding():
+    """Fixed side 224/256 and a window that may reach 4/256 of the side past each edge:
+    on a ramp, each output step is 0.875 input pixels and the window's first pixel starts
+    between -4 and +36 pixels of a 256 image (scaled to the image's side); beyond the edge
+    the image is reflected, so the ramp folds back instead of going flat or black."""
+    side, n = 256, 64
+    a = aug(hflip=0, crop="pad", crop_scale=224 / 256, crop_pad=4 / 256)
+    theta = batches.augment_thetas(n, torch.Generator().manual_seed(2), a)
+    assert torch.allclose(theta[:, 0, 0], torch.full((n,), 0.875))
+    reach = 1 - 0.875 + 2 * 4 / 256  # the window centre's reach, in [-1, 1] units: 20/128
+    many = batches.augment_thetas(4096, torch.Generator().manual_seed(3), a)
+    assert many[:, :, 2].abs().max() <= reach + 1e-6
+    assert many[:, :, 2].abs().max() > 0.99 * reach
+    out = batches.augment(ramp_images(n, side), theta, batches.padding_mode(a))
+    row = out[:, 0, side // 2]  # x ramp along one row
+    inner = row[:, 64:192].diff(dim=1)
+    assert torch.allclose(inner, torch.full_like(inner, 0.875), atol=1e-3)
+    start = (theta[:, 0, 2] + 1 - 0.875) * side / 2  # the window's left edge, in pixels
+    assert start.min() >= -4 - 1e-3 and start.max() <= 36 + 1e-3
+    left = start < -2  # windows that start 2-4 px past the left edge: the ramp folds back
+    assert left.any() and torch.all(row[left, 0] > row[left, 2] + 0.5)
+    assert batches.padding_mode(a) == "reflection" and batches.padding_mode(aug()) == "border"
 
 
 def test_channel_stats_match_a_float_computation():
@@ -239,7 +308,7 @@ def test_channel_stats_match_a_float_computation():
 
 @pytest.mark.parametrize(("n", "batch_size", "expected"), [(32, 16, 2), (33, 16, 2), (34, 16, 3)])
 def test_a_single_image_batch_is_dropped(n, batch_size, expected):
-    augment = AugmentParams(hflip=True, crop_scale=0.8)
+    augment = aug()
     plan = batches.epoch_plan(n, batch_size, torch.Generator().manual_seed(0), augment, CPU)
     assert len(plan) == expected == batches.steps_per_epoch(n, batch_size)
     assert min(len(b.index) for b in plan) > 1
@@ -248,11 +317,11 @@ def test_a_single_image_batch_is_dropped(n, batch_size, expected):
 
 def test_an_epoch_plan_is_drawn_once_from_the_cpu_generator():
     """Permutation first, then every image's augmentation: the same stream on every device."""
-    augment = AugmentParams(hflip=True, crop_scale=0.8)
+    augment = aug()
     plan = batches.epoch_plan(10, 4, torch.Generator().manual_seed(3), augment, CPU)
     generator = torch.Generator().manual_seed(3)
     order = torch.randperm(10, generator=generator)
-    theta = batches.augment_thetas(10, generator, True, 0.8)
+    theta = batches.augment_thetas(10, generator, augment)
     assert torch.equal(torch.cat([b.index for b in plan]), order)
     assert torch.equal(torch.cat([b.theta for b in plan]), theta)
 
@@ -272,7 +341,7 @@ def test_train_epoch_weights_loss_and_accuracy_by_images_not_batches():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     tp = tiny_params(
-        **{"train.batch_size": 4, "train.augment.hflip": False, "train.augment.crop_scale": 1.0}
+        **{"train.batch_size": 4, "train.augment.hflip": 0.0, "train.augment.crop_scale": 1.0}
     ).train
     progress = RunProgress("t", 3, "cpu")
     loss, acc, _ = loop.train_epoch(
@@ -348,3 +417,21 @@ def test_keep_freed_memory_takes_on_glibc():
 
     on_glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() is on_glibc
+
+
+def test_batch_mean_accuracy_weighs_a_short_last_batch_as_a_full_one():
+    """131 val images at batch 32 (the paper's split): 4 full batches and one of 3, so each of
+    the last 3 images weighs 32/3 times as much as one in a full batch."""
+    hits = torch.zeros(131, dtype=torch.bool)
+    hits[128:] = True  # only the short batch is right
+    assert loop.batch_mean_accuracy(hits, 32) == pytest.approx(1 / 5)
+    assert (hits.double().mean().item()) == pytest.approx(3 / 131)
+    full = torch.rand(128) < 0.6  # whole batches only: the two estimators agree
+    assert loop.batch_mean_accuracy(full, 32) == pytest.approx(full.double().mean().item())
+    # The paper's grid: 1,185 training images at batch 16 give 74 full batches and one of 1,
+    # so every per-batch mean is a multiple of 1/(75*16) = 1/1200.
+    some = torch.rand(1185, generator=torch.Generator().manual_seed(0)) < 0.7
+    value = loop.batch_mean_accuracy(some, 16) * 1200
+    assert value == pytest.approx(round(value), abs=1e-9)
+    with pytest.raises(ValueError):
+        loop.batch_mean_accuracy(torch.zeros(0, dtype=torch.bool), 16)

@@ -117,10 +117,18 @@ class OneCycleParams:
     final_div_factor: float
 
 
+CROPS = ("zoom", "pad")
+
+
 @dataclass(frozen=True)
 class AugmentParams:
-    hflip: bool
+    """The training images' random maps (training.batches.augment_thetas), one per image."""
+
+    hflip: float  # probability of a horizontal flip
+    crop: str  # zoom: side ~ U[crop_scale, 1]; pad: side crop_scale, reaching crop_pad beyond
     crop_scale: float
+    crop_pad: float  # pad crop: how far (a fraction of the side) the window may pass an edge
+    rotation: float  # degrees: turned by U[-rotation, rotation], corners black
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,8 @@ class TrainParams:
     schedules: dict[str, Schedule]
     one_cycle: OneCycleParams
     batch_size: int
+    eval_batch_size: int  # val and test batches (eval mode: results differ by rounding only)
+    normalize: bool  # inputs standardised by the training split's channel mean and std
     weight_decay: float
     grad_clip: float
     seeds: list[int]  # the study's seeds: one trained net per (arch, schedule, seed)
@@ -408,6 +418,8 @@ def parse_params(tree: dict) -> Params:
             final_div_factor=_num(tree, "train.one_cycle.final_div_factor", float, 0, lo_open=True),
         ),
         batch_size=_num(tree, "train.batch_size", int, 1),
+        eval_batch_size=_num(tree, "train.eval_batch_size", int, 1),
+        normalize=_bool(tree, "train.normalize"),
         weight_decay=_num(tree, "train.weight_decay", float, 0),
         grad_clip=_num(tree, "train.grad_clip", float, 0, lo_open=True),
         seeds=seeds,
@@ -415,8 +427,11 @@ def parse_params(tree: dict) -> Params:
         device=_choice(tree, "train.device", DEVICES),
         amp=_choice(tree, "train.amp", AMPS),
         augment=AugmentParams(
-            hflip=_bool(tree, "train.augment.hflip"),
+            hflip=_num(tree, "train.augment.hflip", float, 0, 1),
+            crop=_choice(tree, "train.augment.crop", CROPS),
             crop_scale=_num(tree, "train.augment.crop_scale", float, 0, 1, lo_open=True),
+            crop_pad=_num(tree, "train.augment.crop_pad", float, 0, 0.5),
+            rotation=_num(tree, "train.augment.rotation", float, 0, 180),
         ),
     )
     strengths = _get(tree, "robustness.strengths")

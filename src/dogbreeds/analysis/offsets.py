@@ -125,7 +125,7 @@ def run_offsets(
                     name = run_name("deformable", schedule, seed)
                     model, meta = load_checkpoint(models_dir / f"{name}.pt", device)
                     normalize = Normalize(meta["mean"], meta["std"], device)
-                    batch = params.train.batch_size
+                    batch = params.train.eval_batch_size
                     on_clean = mean_offsets(model, clean.images.to(device), normalize, batch)
                     on_deformed = mean_offsets(model, deformed.images.to(device), normalize, batch)
                     results[name] = {

@@ -89,6 +89,6 @@ def robustness_curves(
         curves[kind] = {}
         for strength in params.robustness.strengths:
             path = folder / robustness_file(kind, strength)
-            out = predict_split(model, path, breeds, normalize, params.train.batch_size, amp)
+            out = predict_split(model, path, breeds, normalize, params.train.eval_batch_size, amp)
             curves[kind][f"{strength:g}"] = score(out.log_probs, out.labels)[1]
     return curves

@@ -88,7 +88,7 @@ def bench_one(
     total = steps * (repeats + 1) + 1
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    augment = AugmentParams(hflip=True, crop_scale=0.8)
+    augment = AugmentParams(hflip=0.5, crop="zoom", crop_scale=0.8, crop_pad=0.0, rotation=0.0)
     plan = epoch_plan(n, batch, torch.Generator().manual_seed(0), augment, device)
     calls = iter(range(10**9))
 

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from dogbreeds.data.prepared import Split, load_split
-from dogbreeds.data.preprocess import Normalize, channel_stats
+from dogbreeds.data.preprocess import Normalize, input_stats
 from dogbreeds.nets.models import build_model
 from dogbreeds.ops.deform_conv import default_backend
 from dogbreeds.params import load_params
@@ -38,7 +38,7 @@ from dogbreeds.training.devices import (
     resolve_device,
     runtime,
 )
-from dogbreeds.training.loop import predict, score, train_model
+from dogbreeds.training.loop import batch_mean_accuracy, predict, score, train_model
 
 SPLITS = ("train", "val", "test", "test_clean")  # what training and the test scores need
 
@@ -94,7 +94,7 @@ def run(source: Path, params_path: Path) -> list[dict]:
     device = resolve_device(params.train.device)
     configure_device(device)
     splits = load(source)
-    mean, std = channel_stats(splits["train"].images)
+    mean, std = input_stats(splits["train"].images, params.train.normalize)
     normalize = Normalize(mean, std, device)
     splits = {name: split.to(device) for name, split in splits.items()}
     results = []
@@ -103,7 +103,7 @@ def run(source: Path, params_path: Path) -> list[dict]:
             amp = resolve_amp(params.train.amp, device, arch)
             backend = params.model.deformable.backend
             backend = default_backend(device) if backend == "auto" else backend
-            torch.manual_seed(params.train.seed)
+            torch.manual_seed(params.train.seed)  # train.seeds[0]
             model = build_model(
                 arch, num_classes=len(splits["train"].breeds),
                 width_mult=params.model.width_mult, deform_backend=backend,
@@ -128,11 +128,20 @@ def run(source: Path, params_path: Path) -> list[dict]:
                 "train_img_s": round(steps * sum(schedule.epochs) * params.train.batch_size / wall),
                 **runtime(device, amp, backend if arch == "deformable" else None),
             }
-            for name, key in (("test", "test_acc"), ("test_clean", "clean_test_acc")):
+            eval_batch = params.train.eval_batch_size
+            result["predicted"] = {}
+            for name, key in (
+                ("val", "val_acc"), ("test", "test_acc"), ("test_clean", "clean_test_acc")
+            ):
                 split = splits[name]
-                log_probs = predict(model, split.images, normalize, params.train.batch_size, dtype)
+                log_probs = predict(model, split.images, normalize, eval_batch, dtype)
+                predicted = log_probs.argmax(dim=1)
                 result[key] = score(log_probs, split.labels)[1]
-            print(json.dumps(result), flush=True)
+                # the paper's estimator, for comparing with its numbers only
+                hits = (predicted == split.labels).cpu()
+                result[f"{key}_batch_mean"] = batch_mean_accuracy(hits, eval_batch)
+                result["predicted"][name] = predicted.tolist()
+            print(json.dumps({k: v for k, v in result.items() if k != "predicted"}), flush=True)
             results.append(result)
     return results
 

@@ -59,6 +59,14 @@ class Normalize:
         return (x - self.mean) / self.std
 
 
+def input_stats(images: torch.Tensor, normalize: bool) -> tuple[list[float], list[float]]:
+    """The mean and std `Normalize` uses: the split's `channel_stats`, or 0 and 1 (inputs left
+    in [0, 1]) when `train.normalize` is off. Either way they travel in the checkpoint."""
+    if not normalize:
+        return [0.0] * 3, [1.0] * 3
+    return channel_stats(images)
+
+
 def channel_stats(images: torch.Tensor, chunk: int = 256) -> tuple[list[float], list[float]]:
     """Per-channel mean and std (of pixel values in [0, 1]) over a uint8 split.
 

@@ -105,7 +105,7 @@ def run_evaluation(
 
     outputs = {
         prefix: predict_split(
-            model, prepared / filename, breeds, normalize, params.train.batch_size, amp
+            model, prepared / filename, breeds, normalize, params.train.eval_batch_size, amp
         )
         for prefix, filename in SPLITS.items()
     }

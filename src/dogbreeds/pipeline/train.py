@@ -25,7 +25,7 @@ import torch
 from dogbreeds.common.fs import file_md5, write_json
 from dogbreeds.common.progress import human_duration
 from dogbreeds.data.prepared import load_prepared
-from dogbreeds.data.preprocess import Normalize, channel_stats
+from dogbreeds.data.preprocess import Normalize, input_stats
 from dogbreeds.nets.models import MODELS, build_model, net_size
 from dogbreeds.ops.deform_conv import default_backend
 from dogbreeds.params import Params, Schedule, for_seed, run_name, select_run
@@ -82,7 +82,7 @@ def run_training(
     if backend == "auto" and arch == "deformable":  # only it has DeformConv layers to build
         backend = default_backend(device)
     train, val = load_prepared(prepared, params.model.resolution)
-    mean, std = channel_stats(train.images)
+    mean, std = input_stats(train.images, params.train.normalize)
     normalize = Normalize(mean, std, device)
     train, val = train.to(device), val.to(device)
     torch.manual_seed(seed)  # the initial weights

@@ -1,8 +1,8 @@
 """Batches: one epoch's shuffled order and augmentation maps, drawn once, applied on the device.
 
-The prepared uint8 tensors stay on the device and batches are augmented there (random crop and
-flip as one affine map per image, a single `grid_sample`), so on a GPU the data path is a few
-tensor ops per step.
+The prepared uint8 tensors stay on the device and batches are augmented there (random crop,
+flip and rotation as one affine map per image, a single `grid_sample`), so on a GPU the data
+path is a few tensor ops per step.
 """
 
 from __future__ import annotations
@@ -13,38 +13,75 @@ import torch
 import torch.nn.functional as F
 
 from dogbreeds.data.preprocess import Normalize, to_unit
+from dogbreeds.params import AugmentParams
 
 
 def augment_thetas(
-    n: int, generator: torch.Generator, hflip: bool, crop_scale: float
+    n: int, generator: torch.Generator, augment_params: AugmentParams
 ) -> torch.Tensor | None:
-    """One random flip-and-crop affine map per image, (n, 2, 3), or None when both are off.
+    """One random crop, flip and rotation per image as an affine map (n, 2, 3), or None when
+    all are off.
 
-    The crop keeps a side fraction s ~ U[crop_scale, 1] at a uniform position inside the image;
-    a flip negates x. Each maps output coords to input coords, both in [-1, 1] (`affine_grid`).
-    Drawn from a CPU generator for a whole epoch at once, so the random stream is the same on
-    every device and reaches a GPU in one copy.
+    Each map sends output coordinates to input coordinates, both in [-1, 1] (`affine_grid`):
+    input = side * flip * R(angle) @ output + shift. The crop keeps a side fraction `side`:
+    drawn from U[crop_scale, 1] (`zoom`) or fixed at crop_scale (`pad`, the template's
+    resize-256-then-crop-224 with its padding: the window may reach `crop_pad` of the side
+    beyond each edge, where `augment` reflects the image). The flip negates x with
+    probability `hflip`; the rotation turns by U[-rotation, rotation] degrees.
+
+    Drawn from a CPU generator for a whole epoch at once (side, shift, flip, angle: a draw is
+    skipped when its part is off, so the default recipe's stream is unchanged), so the random
+    stream is the same on every device and reaches a GPU in one copy.
     """
-    if not hflip and crop_scale >= 1:
+    a = augment_params
+    if a.hflip == 0 and a.crop_scale >= 1 and a.rotation == 0:
         return None
-    side = crop_scale + (1 - crop_scale) * torch.rand(n, generator=generator)  # (n,)
-    shift = (1 - side)[:, None] * (2 * torch.rand(n, 2, generator=generator) - 1)  # (n, 2)
+    if a.crop == "zoom":
+        side = a.crop_scale + (1 - a.crop_scale) * torch.rand(n, generator=generator)  # (n,)
+    else:
+        side = torch.full((n,), a.crop_scale)
+    reach = (1 - side + 2 * a.crop_pad)[:, None]  # how far the window's centre may move
+    shift = reach * (2 * torch.rand(n, 2, generator=generator) - 1)  # (n, 2)
     flip = torch.ones(n)
-    if hflip:
-        flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    if a.hflip > 0:
+        flip = torch.where(torch.rand(n, generator=generator) < a.hflip, -1.0, 1.0)
     theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = side * flip
-    theta[:, 1, 1] = side
+    if a.rotation > 0:
+        angle = torch.deg2rad(a.rotation * (2 * torch.rand(n, generator=generator) - 1))
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        theta[:, 0, 0], theta[:, 0, 1] = side * flip * cos, -side * flip * sin
+        theta[:, 1, 0], theta[:, 1, 1] = side * sin, side * cos
+    else:
+        theta[:, 0, 0] = side * flip
+        theta[:, 1, 1] = side
     theta[:, :, 2] = shift
     return theta
 
 
-def augment(x: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
-    """Apply per-image affine maps (B, 2, 3) in a single `grid_sample` (border padding)."""
+def augment(x: torch.Tensor, theta: torch.Tensor | None, padding: str = "border") -> torch.Tensor:
+    """Apply per-image affine maps (B, 2, 3) in a single `grid_sample`.
+
+    padding: how the image continues beyond its edges (grid_sample's `border` or
+    `reflection`). Where a rotation turns the crop window's corners out of the window, the
+    output is black, as torchvision's RandomRotation fills them: a pixel is black when its
+    point before the crop, (input - shift) / side, leaves [-1, 1].
+    """
     if theta is None:
         return x
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+    linear = theta[:, :, :2]
+    if bool((linear[:, 0, 1] != 0).any()):  # some image is rotated
+        side = linear.det().abs().sqrt()[:, None, None, None]  # (B, 1, 1, 1)
+        window = (grid - theta[:, None, None, :, 2]) / side  # (B, H, W, 2), crop frame
+        inside = (window.abs() <= 1 + 1e-6).all(dim=-1)  # (B, H, W)
+        out = out * inside[:, None].to(out.dtype)
+    return out
+
+
+def padding_mode(augment_params: AugmentParams) -> str:
+    """`reflection` for the pad-and-crop (the template pads by reflecting), else `border`."""
+    return "reflection" if augment_params.crop == "pad" else "border"
 
 
 @dataclass
@@ -53,6 +90,7 @@ class Batch:
 
     index: torch.Tensor  # (B,) int64
     theta: torch.Tensor | None  # (B, 2, 3) float32, or None without augmentation
+    padding: str = "border"  # grid_sample's padding_mode beyond the image's edges
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -63,7 +101,11 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def epoch_plan(
-    n: int, batch_size: int, generator: torch.Generator, augment_params, device: torch.device
+    n: int,
+    batch_size: int,
+    generator: torch.Generator,
+    augment_params: AugmentParams,
+    device: torch.device,
 ) -> list[Batch]:
     """One epoch's shuffled batches and augmentation maps, drawn once and copied once.
 
@@ -71,13 +113,15 @@ def epoch_plan(
     batch of a single image is dropped: BatchNorm cannot normalise one sample.
     """
     order = torch.randperm(n, generator=generator)
-    theta = augment_thetas(n, generator, augment_params.hflip, augment_params.crop_scale)
+    theta = augment_thetas(n, generator, augment_params)
+    padding = padding_mode(augment_params)
     order = to_device(order, device)
     theta = None if theta is None else to_device(theta, device)
     plan = []
     for start in range(0, n, batch_size):
         index = order[start : start + batch_size]
-        plan.append(Batch(index, None if theta is None else theta[start : start + batch_size]))
+        part = None if theta is None else theta[start : start + batch_size]
+        plan.append(Batch(index, part, padding))
     if len(plan) > 1 and len(plan[-1].index) == 1:
         plan.pop()
     return plan
@@ -89,7 +133,9 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return full + (1 if rest > 1 or full == 0 else 0)
 
 
-def inputs(images: torch.Tensor, normalize: Normalize, theta=None) -> torch.Tensor:
+def inputs(
+    images: torch.Tensor, normalize: Normalize, theta=None, padding: str = "border"
+) -> torch.Tensor:
     """uint8 batch -> the net's float input: augmented, normalised, channels_last."""
-    x = normalize(augment(to_unit(images), theta))
+    x = normalize(augment(to_unit(images), theta, padding))
     return x.contiguous(memory_format=torch.channels_last)

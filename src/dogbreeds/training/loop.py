@@ -66,6 +66,19 @@ def score(log_probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     return loss, acc
 
 
+def batch_mean_accuracy(hits: torch.Tensor, batch_size: int) -> float:
+    """The mean of per-batch accuracies over consecutive batches of `hits` (bool, N).
+
+    The estimator of the course template the paper grew from (an epoch's accuracy as the mean
+    of its batches' accuracies): a short last batch weighs as much as a full one. Ours is the
+    per-image mean (`score`); this one is for comparing with the paper's numbers only.
+    """
+    if hits.numel() == 0:
+        raise ValueError("no predictions to score")
+    batches = hits.double().split(batch_size)
+    return torch.stack([b.mean() for b in batches]).mean().item()
+
+
 def train_step(
     model: nn.Module,
     images: torch.Tensor,
@@ -80,7 +93,7 @@ def train_step(
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """One optimisation step on one batch; returns its summed loss and correct count (on the
     device: no host sync) and the lr it used."""
-    x = inputs(images[batch.index], normalize, batch.theta)
+    x = inputs(images[batch.index], normalize, batch.theta, batch.padding)
     y = labels[batch.index]
     with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
         log_probs = model(x)  # (B, C)
@@ -178,7 +191,7 @@ def train_model(
                 model, train, normalize, optimizer, scheduler, scaler, tp, generator, progress,
                 dtype,
             )  # fmt: skip
-            log_probs = predict(model, val.images, normalize, tp.batch_size, dtype)
+            log_probs = predict(model, val.images, normalize, tp.eval_batch_size, dtype)
             val_loss, val_acc = score(log_probs, val.labels)
             record = EpochRecord(
                 len(history) + 1, stage, lr, train_loss, train_acc, val_loss, val_acc

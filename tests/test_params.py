@@ -81,7 +81,55 @@ def test_the_repository_params_are_the_papers_study():
         ("train.normalize", "no", "'train.normalize' must be true or false"),
         ("data.stanford.sha256", "abc", "'data.stanford.sha256' must be 64 hex digits"),
         ("train.batch_size", 0, "'train.batch_size' must be >= 1"),
-        ("train.one_cycle.pct_start", 1.5, "'train.one_cycle.pct_start' must be <= 1"),
+        ("train.one_cycle.pct_start", 1.0, "'train.one_cycle.pct_start' must be < 1, got 1.0"),
+        ("train.one_cycle.pct_start", 0, "'train.one_cycle.pct_start' must be > 0, got 0"),
+        ("data.synthetic.seed", -1, "'data.synthetic.seed' must be >= 0, got -1"),
+        ("split.seed", -1, "'split.seed' must be >= 0, got -1"),
+        ("split.seed", 2**32, "'split.seed' must be <= 4294967295, got 4294967296"),
+        ("deform.seed", -3, "'deform.seed' must be >= 0, got -3"),
+        ("train.seeds", [2**40], "'train.seeds' must hold integers <= 4294967295"),
+        ("split.val", float("nan"), "'split.val' must be a finite number, got nan"),
+        ("train.grad_clip", float("inf"), "'train.grad_clip' must be a finite number, got inf"),
+        ("train.schedules.s50_7_3.max_lr", [0.01, float("nan"), 0.1], "must hold numbers > 0"),
+        (
+            "deform.affine.scale",
+            [1.15, 0.85],
+            "'deform.affine.scale' must be [low, high] with 0 < low <= high, got [1.15, 0.85]",
+        ),
+        ("deform.affine.scale", [0, 1], "with 0 < low <= high, got [0, 1]"),
+        ("deform.affine.scale", 1.0, "'deform.affine.scale' must be a list [low, high], got 1.0"),
+        ("deform.affine.degrees", -1, "'deform.affine.degrees' must be >= 0, got -1"),
+        ("deform.affine.shear", 90, "'deform.affine.shear' must be < 90.0, got 90"),
+        ("deform.affine.sheer", 5, "unknown key 'deform.affine.sheer'; did you mean 'deform.af"),
+        ("deform.perspective.distortion", 1.5, "'deform.perspective.distortion' must be <= 1"),
+        ("deform.elastic.sigma", 0, "'deform.elastic.sigma' must be > 0, got 0"),
+        ("deform.elastic.sigma", -2.0, "'deform.elastic.sigma' must be > 0, got -2.0"),
+        (
+            "deform.elastic.sigma",
+            60,
+            "'deform.elastic.sigma' 60 is too wide for 'model.resolution' 224: its blur pads 240"
+            " px past the edge of a 224 px image; use a sigma below 56",
+        ),
+        (
+            "deform.affine.scale",
+            [0.3, 1.15],
+            "'deform.affine.scale' starts at 0.3, which the largest 'robustness.strengths' 2 "
+            "takes to -0.4; a scale must stay above 0 (low > 0.5, or a smaller strength)",
+        ),
+        ("deform.affine.shear", 50, "'deform.affine.shear' 50 times the largest 'robustness."),
+        (
+            "data.dbi.folders.golden_retriever",
+            "labrador",
+            "'data.dbi.folders' maps two breeds to the folder 'labrador' (golden_retriever, "
+            "labrador_retriever); each breed needs a folder of its own",
+        ),
+        ("data.dbi.folders.pug", "a/pug", "'data.dbi.folders.pug' must be a folder name"),
+        ("merge.min_side", 0, "'merge.min_side' must be >= 1, got 0"),
+        ("merge.max_aspect", 0.5, "'merge.max_aspect' must be >= 1, got 0.5"),
+        ("split.min_per_breed", 0, "'split.min_per_breed' must be >= 1, got 0"),
+        ("data.extract.max_member_mib", 0, "'data.extract.max_member_mib' must be > 0, got 0"),
+        ("data.extract.max_total_mib", -1, "'data.extract.max_total_mib' must be > 0"),
+        ("data.extract.max_ratio", 0.5, "'data.extract.max_ratio' must be >= 1, got 0.5"),
         ("report.bootstrap_resamples", 50, "'report.bootstrap_resamples' must be >= 200"),
         ("report.bootstrap_resamples", 2000.5, "'report.bootstrap_resamples' must be an integer"),
         ("report.seed", -1, "'report.seed' must be >= 0"),
@@ -92,6 +140,39 @@ def test_the_repository_params_are_the_papers_study():
 def test_invalid_values_name_their_key(key, value, message):
     with pytest.raises(ParamsError, match=re.escape(message)):
         parse_params(with_value(key, value))
+
+
+def test_batch_of_one_at_a_one_pixel_last_feature_map_is_refused():
+    """BatchNorm cannot train on one value per channel; 17 px keeps a 2x2 last map."""
+    tree = set_keys(copy.deepcopy(TREE), {"train.batch_size": 1, "model.resolution": 16})
+    with pytest.raises(ParamsError) as error:
+        parse_params(tree)
+    assert str(error.value) == (
+        "params: 'train.batch_size' 1 at 'model.resolution' 16 gives BatchNorm one value per "
+        "channel (the last feature map is 1x1); use a batch of 2 or more, or a resolution of 17 "
+        "or more"
+    )
+    for fix in ({"train.batch_size": 2}, {"model.resolution": 17}):
+        parse_params(set_keys(copy.deepcopy(tree), fix))
+
+
+def test_a_warm_up_of_exactly_one_step_is_refused():
+    """OneCycleLR divides by zero when pct_start x total steps is exactly 1 (0.1 x 10 x 1)."""
+    tree = set_keys(copy.deepcopy(TREE), {"train.one_cycle.pct_start": 0.1})
+    tree["train"]["schedules"]["s20_14_6"]["epochs"] = [10, 14, 6]
+    with pytest.raises(ParamsError) as error:
+        parse_params(tree)
+    assert str(error.value) == (
+        "params: 'train.one_cycle.pct_start' 0.1 makes a warm-up of exactly one step for a stage "
+        "of 10 epoch(s) of 'train.schedules.s20_14_6.epochs' at 1 step(s) per epoch, where "
+        "OneCycleLR divides by zero; nudge it (e.g. 0.101)"
+    )
+
+
+def test_a_synthetic_size_below_the_minimum_side_is_refused():
+    tree = set_keys(copy.deepcopy(TREE), {"data.sources": ["synthetic"], "data.synthetic.size": 16})
+    with pytest.raises(ParamsError, match=r"'data.synthetic.size' 16 is below 'merge.min_side' 32"):
+        parse_params(tree)
 
 
 def test_missing_key_is_named():
@@ -129,6 +210,13 @@ def test_exponent_floats_written_by_dvc_exp_are_numbers(tmp_path):
     params = load_params(path)
     assert params.train.weight_decay == 1e-4
     assert params.train.schedules["s20_14_6"].max_lr == [0.01, 0.001, 5e-05]
+
+
+def test_deform_keys_are_the_deform_stages():
+    from dogbreeds.data.deformations import DEFORM_KEYS as STAGE_KEYS
+    from dogbreeds.params import DEFORM_KEYS
+
+    assert {kind: set(keys) for kind, keys in DEFORM_KEYS.items()} == STAGE_KEYS
 
 
 def test_deform_backend_choices_are_deformconvs_backends():

@@ -12,6 +12,7 @@ section's dataclass beside the check of its values, so one file answers "what ma
 from __future__ import annotations
 
 import difflib
+import math
 import typing
 from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
@@ -33,6 +34,19 @@ ROBUSTNESS_KINDS = ("affine", "perspective", "elastic", "all")
 MIN_RESOLUTION = 16
 # Percentile intervals read the 2.5% tails of the resamples: fewer than this leaves a handful.
 MIN_RESAMPLES = 200
+# Every seed ends in numpy's or scikit-learn's RandomState somewhere, which takes 32 bits.
+MAX_SEED = 2**32 - 1
+# The nets' stride-2 layers (models.py): each halves the side, rounding up (padding 1).
+HALVINGS = 4
+# deformations.DEFORM_KEYS (repeated: params imports no torch; a test compares them)
+DEFORM_KEYS = {
+    "affine": ("degrees", "translate", "scale", "shear"),
+    "perspective": ("distortion", "p"),
+    "elastic": ("alpha", "sigma", "p"),
+}
+# A shear of 90 degrees or more folds the image onto a line (tan is infinite there).
+MAX_SHEAR = 90.0
+MIB = 1 << 20
 
 
 class ParamsError(DogbreedsError):
@@ -54,17 +68,38 @@ class SyntheticParams:
 
 
 @dataclass(frozen=True)
+class ExtractParams:
+    """The download stage's budget: an archive may not write more than this (a zip bomb, a
+    wrong URL, a disk filled by one member), checked while streaming, before bytes are written."""
+
+    max_member_mib: float  # one file; a bigger member is skipped and listed
+    max_total_mib: float  # all sources together; more stops the stage
+    max_ratio: float  # uncompressed / compressed bytes, per zip member or per compressed tar
+
+    @property
+    def max_member_bytes(self) -> int:
+        return int(self.max_member_mib * MIB)
+
+    @property
+    def max_total_bytes(self) -> int:
+        return int(self.max_total_mib * MIB)
+
+
+@dataclass(frozen=True)
 class DataParams:
     breeds: list[str]
     sources: list[str]
     stanford: SourceParams
     dbi: SourceParams
     synthetic: SyntheticParams
+    extract: ExtractParams
 
 
 @dataclass(frozen=True)
 class MergeParams:
     near_dup_max_bits: int
+    min_side: int  # a photo's shorter side in pixels: below it, rejected (thumbnails, icons)
+    max_aspect: float  # longer side / shorter side: beyond it, rejected (banners, strips)
 
 
 @dataclass(frozen=True)
@@ -72,6 +107,9 @@ class SplitParams:
     val: float
     test: float
     seed: int
+    # Images each breed must have in each of train, val and test: a breed short of it stops
+    # merge and split (otherwise a net is trained on fewer classes than it is scored on).
+    min_per_breed: int
 
 
 @dataclass(frozen=True)
@@ -189,6 +227,18 @@ def _get(tree: dict, key: str) -> Any:
     return node
 
 
+def _number(value: Any, key: str, kind: type = float) -> Any:
+    """`value` as a finite number of `kind`; YAML's .nan and .inf pass every `<` test, so
+    they are refused here rather than met later inside a worker."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ParamsError(f"params: '{key}' must be a number, got {value!r}")
+    if kind is int and (not isinstance(value, int)):
+        raise ParamsError(f"params: '{key}' must be an integer, got {value!r}")
+    if not math.isfinite(value):
+        raise ParamsError(f"params: '{key}' must be a finite number, got {value!r}")
+    return value
+
+
 def _num(
     tree: dict,
     key: str,
@@ -196,17 +246,19 @@ def _num(
     lo: float | None = None,
     hi: float | None = None,
     lo_open: bool = False,
+    hi_open: bool = False,
 ) -> Any:
-    value = _get(tree, key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ParamsError(f"params: '{key}' must be a number, got {value!r}")
-    if kind is int and (not isinstance(value, int)):
-        raise ParamsError(f"params: '{key}' must be an integer, got {value!r}")
+    value = _number(_get(tree, key), key, kind)
     if lo is not None and (value <= lo if lo_open else value < lo):
         raise ParamsError(f"params: '{key}' must be {'>' if lo_open else '>='} {lo}, got {value!r}")
-    if hi is not None and value > hi:
-        raise ParamsError(f"params: '{key}' must be <= {hi}, got {value!r}")
+    if hi is not None and (value >= hi if hi_open else value > hi):
+        raise ParamsError(f"params: '{key}' must be {'<' if hi_open else '<='} {hi}, got {value!r}")
     return kind(value)
+
+
+def _seed(tree: dict, key: str) -> int:
+    """A seed: an integer in [0, 2**32 - 1], what numpy's and scikit-learn's RandomState take."""
+    return _num(tree, key, int, 0, MAX_SEED)
 
 
 def _bool(tree: dict, key: str) -> bool:
@@ -255,15 +307,37 @@ def _sha256(tree: dict, key: str) -> str:
     return sha.lower()
 
 
+def _folders(tree: dict, name: str, breeds: list[str]) -> dict[str, str]:
+    """canonical breed -> a folder name of its own (two breeds in one folder would file every
+    photo under both labels, and merge would then drop them all as label conflicts)."""
+    key = f"data.{name}.folders"
+    folders = _get(tree, key)
+    if not isinstance(folders, dict) or set(folders) != set(breeds):
+        raise ParamsError(f"params: '{key}' must map exactly the breeds {breeds}")
+    owner: dict[str, str] = {}
+    for breed in breeds:
+        folder = folders[breed]
+        if isinstance(folder, int) and not isinstance(folder, bool):
+            folder = str(folder)  # YAML reads an all-digit folder name as a number
+        if not isinstance(folder, str) or not folder or "/" in folder or "\\" in folder:
+            raise ParamsError(
+                f"params: '{key}.{breed}' must be a folder name (no slashes), got {folder!r}"
+            )
+        if folder in owner:
+            raise ParamsError(
+                f"params: '{key}' maps two breeds to the folder {folder!r} ({owner[folder]}, "
+                f"{breed}); each breed needs a folder of its own"
+            )
+        owner[folder] = breed
+    return {breed: folder for folder, breed in owner.items()}
+
+
 def _source(tree: dict, name: str, breeds: list[str]) -> SourceParams:
     url = _get(tree, f"data.{name}.url")
     if not isinstance(url, str) or not url:
         raise ParamsError(f"params: 'data.{name}.url' must be a non-empty string")
     sha = _sha256(tree, f"data.{name}.sha256")
-    folders = _get(tree, f"data.{name}.folders")
-    if not isinstance(folders, dict) or set(folders) != set(breeds):
-        raise ParamsError(f"params: 'data.{name}.folders' must map exactly the breeds {breeds}")
-    return SourceParams(url=url, sha256=sha, folders={b: str(folders[b]) for b in breeds})
+    return SourceParams(url=url, sha256=sha, folders=_folders(tree, name, breeds))
 
 
 def _resolution(tree: dict, key: str) -> int:
@@ -285,6 +359,8 @@ def _seeds(tree: dict, key: str) -> list[int]:
     for value in values:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ParamsError(f"params: '{key}' must hold integers >= 0, got {value!r}")
+        if value > MAX_SEED:
+            raise ParamsError(f"params: '{key}' must hold integers <= {MAX_SEED}, got {value!r}")
     if len(set(values)) != len(values):
         raise ParamsError(f"params: '{key}' lists a seed twice: {values}")
     return [int(v) for v in values]
@@ -303,9 +379,151 @@ def _schedule(tree: dict, name: str) -> Schedule:
         e, lr = epochs[i], max_lr[i]
         if isinstance(e, bool) or not isinstance(e, int) or e < 1:
             raise ParamsError(f"params: '{key}.epochs' must hold integers >= 1, got {e!r}")
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
             raise ParamsError(f"params: '{key}.max_lr' must hold numbers > 0, got {lr!r}")
+        if not math.isfinite(lr):
+            raise ParamsError(f"params: '{key}.max_lr' must hold finite numbers, got {lr!r}")
     return Schedule(name=name, epochs=[int(e) for e in epochs], max_lr=[float(x) for x in max_lr])
+
+
+# ---------------------------------------------------------------------------------------------
+# What a value means: ranges, orders and the keys that constrain each other
+# ---------------------------------------------------------------------------------------------
+
+
+def _scale_range(tree: dict, key: str) -> list[float]:
+    """[low, high] with 0 < low <= high: RandomAffine draws U(low, high) only when an image is
+    deformed (inside a pool worker), so a reversed range would fail there, far from its key."""
+    value = _get(tree, key)
+    if not isinstance(value, list) or len(value) != 2:
+        raise ParamsError(f"params: '{key}' must be a list [low, high], got {value!r}")
+    low, high = (_number(v, key) for v in value)
+    if not 0 < low <= high:
+        raise ParamsError(
+            f"params: '{key}' must be [low, high] with 0 < low <= high, got {value!r}"
+        )
+    return [float(low), float(high)]
+
+
+def _deform_mapping(tree: dict, kind: str) -> None:
+    """deform.<kind> holds exactly its keys (deformations.DEFORM_KEYS)."""
+    key, expected = f"deform.{kind}", DEFORM_KEYS[kind]
+    node = _get(tree, key)
+    if not isinstance(node, dict):
+        raise ParamsError(f"params: '{key}' must be a mapping")
+    for name in node:
+        if name not in expected:
+            close = difflib.get_close_matches(str(name), expected, n=1, cutoff=0.6)
+            hint = f"did you mean '{key}.{close[0]}'?" if close else f"known: {', '.join(expected)}"
+            raise ParamsError(f"params: unknown key '{key}.{name}'; {hint}")
+
+
+def blur_half_width(sigma: float) -> int:
+    """How far (px) the elastic field's Gaussian blur pads past each edge: torchvision's kernel
+    of int(8 sigma + 1) taps, made odd (deformations.SeparableElastic does the same)."""
+    size = int(8 * sigma + 1)
+    size += 1 - size % 2
+    return size // 2
+
+
+def _deform(tree: dict, resolution: int) -> DeformParams:
+    for kind in DEFORM_KEYS:
+        _deform_mapping(tree, kind)
+    sigma = _num(tree, "deform.elastic.sigma", float, 0, lo_open=True)
+    side_sigma = sigma * resolution / 224  # deformations.elastic_at: given at 224 px
+    if blur_half_width(side_sigma) >= resolution:
+        raise ParamsError(
+            f"params: 'deform.elastic.sigma' {sigma:g} is too wide for 'model.resolution' "
+            f"{resolution}: its blur pads {blur_half_width(side_sigma)} px past the edge of a "
+            f"{resolution} px image; use a sigma below 56"
+        )
+    return DeformParams(
+        seed=_seed(tree, "deform.seed"),
+        affine={
+            "degrees": _num(tree, "deform.affine.degrees", float, 0, 180),
+            "translate": _num(tree, "deform.affine.translate", float, 0, 1),
+            "scale": _scale_range(tree, "deform.affine.scale"),
+            "shear": _num(tree, "deform.affine.shear", float, 0, MAX_SHEAR, hi_open=True),
+        },
+        perspective={
+            "distortion": _num(tree, "deform.perspective.distortion", float, 0, 1),
+            "p": _num(tree, "deform.perspective.p", float, 0, 1),
+        },
+        elastic={
+            "alpha": _num(tree, "deform.elastic.alpha", float, 0),
+            "sigma": sigma,
+            "p": _num(tree, "deform.elastic.p", float, 0, 1),
+        },
+        preview_images=_num(tree, "deform.preview_images", int, 1),
+    )
+
+
+def _check_strengths(deform: DeformParams, strengths: list[float]) -> None:
+    """The robustness sets scale the affine magnitudes by each strength (robustness.scaled):
+    the scale range's low end must stay above 0 and the shear below 90 degrees at the largest."""
+    top = max(strengths)
+    low = deform.affine["scale"][0]
+    if low < 1 and 1 - (1 - low) * top <= 0:
+        raise ParamsError(
+            f"params: 'deform.affine.scale' starts at {low:g}, which the largest "
+            f"'robustness.strengths' {top:g} takes to {1 - (1 - low) * top:.3g}; a scale must stay "
+            f"above 0 (low > {1 - 1 / top:.3g}, or a smaller strength)"
+        )
+    if deform.affine["shear"] * top >= MAX_SHEAR:
+        raise ParamsError(
+            f"params: 'deform.affine.shear' {deform.affine['shear']:g} times the largest "
+            f"'robustness.strengths' {top:g} is {deform.affine['shear'] * top:.3g} degrees; it "
+            f"must stay below {MAX_SHEAR:g}"
+        )
+
+
+def last_side(resolution: int) -> int:
+    """The side of the nets' last feature map: HALVINGS stride-2 layers, each rounding up."""
+    side = resolution
+    for _ in range(HALVINGS):
+        side = (side + 1) // 2
+    return side
+
+
+def _check_batch(batch_size: int, resolution: int) -> None:
+    """BatchNorm in training needs more than one value per channel: batch x side x side > 1 at
+    the last feature map (a trailing batch of one image is dropped, training.batches)."""
+    side = last_side(resolution)
+    if batch_size * side * side <= 1:
+        raise ParamsError(
+            f"params: 'train.batch_size' {batch_size} at 'model.resolution' {resolution} gives "
+            f"BatchNorm one value per channel (the last feature map is {side}x{side}); use a "
+            f"batch of 2 or more, or a resolution of {2**HALVINGS + 1} or more"
+        )
+
+
+def _check_warmup(pct_start: float, schedules: dict[str, Schedule]) -> None:
+    """OneCycleLR divides by zero when its warm-up ends exactly on step 0, i.e. when
+    float(pct_start x total steps) == 1 (total = a stage's epochs x steps per epoch, which the
+    data decides): refuse a pct_start for which any number of steps per epoch does that."""
+    for schedule in schedules.values():
+        for epochs in schedule.epochs:
+            per_epoch = 1 / (pct_start * epochs)
+            if per_epoch > 2**53:  # no float product of such a count is exactly 1
+                continue
+            per_epoch = round(per_epoch)
+            for steps in (per_epoch - 1, per_epoch, per_epoch + 1):
+                if steps >= 1 and float(pct_start * (epochs * steps)) == 1.0:
+                    raise ParamsError(
+                        f"params: 'train.one_cycle.pct_start' {pct_start} makes a warm-up of "
+                        f"exactly one step for a stage of {epochs} epoch(s) of "
+                        f"'train.schedules.{schedule.name}.epochs' at {steps} step(s) per epoch, "
+                        "where OneCycleLR divides by zero; nudge it (e.g. "
+                        f"{pct_start * 1.01:.4g})"
+                    )
+
+
+def _extract(tree: dict) -> ExtractParams:
+    return ExtractParams(
+        max_member_mib=_num(tree, "data.extract.max_member_mib", float, 0, lo_open=True),
+        max_total_mib=_num(tree, "data.extract.max_total_mib", float, 0, lo_open=True),
+        max_ratio=_num(tree, "data.extract.max_ratio", float, 1),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,33 +591,34 @@ def parse_params(tree: dict) -> Params:
         synthetic=SyntheticParams(
             per_class=_num(tree, "data.synthetic.per_class", int, 1),
             size=_num(tree, "data.synthetic.size", int, 8),
-            seed=_num(tree, "data.synthetic.seed", int),
+            seed=_seed(tree, "data.synthetic.seed"),
         ),
+        extract=_extract(tree),
     )
-    merge = MergeParams(near_dup_max_bits=_num(tree, "merge.near_dup_max_bits", int, 0, 64))
+    merge = MergeParams(
+        near_dup_max_bits=_num(tree, "merge.near_dup_max_bits", int, 0, 64),
+        min_side=_num(tree, "merge.min_side", int, 1),
+        max_aspect=_num(tree, "merge.max_aspect", float, 1),
+    )
+    if "synthetic" in data.sources and data.synthetic.size < merge.min_side:
+        raise ParamsError(
+            f"params: 'data.synthetic.size' {data.synthetic.size} is below 'merge.min_side' "
+            f"{merge.min_side}: merge would reject every synthetic image"
+        )
     split = SplitParams(
         val=_num(tree, "split.val", float, 0, 1, lo_open=True),
         test=_num(tree, "split.test", float, 0, 1, lo_open=True),
-        seed=_num(tree, "split.seed", int),
+        seed=_seed(tree, "split.seed"),
+        min_per_breed=_num(tree, "split.min_per_breed", int, 1),
     )
     if split.val + split.test >= 1:
         total = split.val + split.test
         raise ParamsError(f"params: 'split.val' + 'split.test' must be < 1, got {total}")
-    for key in ("deform.affine", "deform.perspective", "deform.elastic"):
-        if not isinstance(_get(tree, key), dict):
-            raise ParamsError(f"params: '{key}' must be a mapping")
-    _num(tree, "deform.perspective.p", float, 0, 1)
-    _num(tree, "deform.elastic.p", float, 0, 1)
-    deform = DeformParams(
-        seed=_num(tree, "deform.seed", int),
-        affine=dict(_get(tree, "deform.affine")),
-        perspective=dict(_get(tree, "deform.perspective")),
-        elastic=dict(_get(tree, "deform.elastic")),
-        preview_images=_num(tree, "deform.preview_images", int, 1),
-    )
+    resolution = _resolution(tree, "model.resolution")
+    deform = _deform(tree, resolution)
     model = ModelParams(
         width_mult=_num(tree, "model.width_mult", float, 0, lo_open=True),
-        resolution=_resolution(tree, "model.resolution"),
+        resolution=resolution,
         deformable=DeformableParams(
             backend=_choice(tree, "model.deformable.backend", DEFORM_BACKENDS),
             offset_lr_mult=_num(tree, "model.deformable.offset_lr_mult", float, 0),
@@ -413,7 +632,7 @@ def parse_params(tree: dict) -> Params:
         archs=_choices(tree, "train.archs", ARCHS),
         schedules={name: _schedule(tree, name) for name in schedules},
         one_cycle=OneCycleParams(
-            pct_start=_num(tree, "train.one_cycle.pct_start", float, 0, 1, lo_open=True),
+            pct_start=_num(tree, "train.one_cycle.pct_start", float, 0, 1, True, True),
             div_factor=_num(tree, "train.one_cycle.div_factor", float, 0, lo_open=True),
             final_div_factor=_num(tree, "train.one_cycle.final_div_factor", float, 0, lo_open=True),
         ),
@@ -434,23 +653,27 @@ def parse_params(tree: dict) -> Params:
             rotation=_num(tree, "train.augment.rotation", float, 0, 180),
         ),
     )
+    _check_batch(train.batch_size, resolution)
+    _check_warmup(train.one_cycle.pct_start, train.schedules)
     strengths = _get(tree, "robustness.strengths")
     if not isinstance(strengths, list) or not strengths:
         raise ParamsError("params: 'robustness.strengths' must be a non-empty list")
     for value in strengths:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise ParamsError(
                 f"params: 'robustness.strengths' must hold numbers >= 0, got {value!r}"
             )
+        _number(value, "robustness.strengths")
     if len(set(strengths)) != len(strengths):
         raise ParamsError(f"params: 'robustness.strengths' lists a value twice: {strengths}")
     robustness = RobustnessParams(
         kinds=_choices(tree, "robustness.kinds", ROBUSTNESS_KINDS),
         strengths=[float(v) for v in strengths],
     )
+    _check_strengths(deform, robustness.strengths)
     report = ReportParams(
         bootstrap_resamples=_num(tree, "report.bootstrap_resamples", int, MIN_RESAMPLES),
-        seed=_num(tree, "report.seed", int, 0),
+        seed=_seed(tree, "report.seed"),
         power=_num(tree, "report.power", float, 0, 1, lo_open=True),
     )
     if report.power >= 1:

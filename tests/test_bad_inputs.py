@@ -36,8 +36,8 @@ the stage with one line `error: ...` on stderr, exit status 1, and no output.
 | 24 | zip-slip member `..\\evil.jpg`         | skipped: `parent_reference`                                          |
 | 25 | truncated tar                          | `data.stanford: <path> is not a readable archive: unexpected end of data` |
 | 26 | truncated tar.gz                       | `... is not a readable archive: Compressed file ended before the end-of-stream marker was reached` |
-| 27 | zero-byte archive                      | `data.stanford: <path> is empty (0 bytes)`                           |
-| 28 | HTML error page saved as `.tar`        | `data.stanford: <path> is an HTML page, not an archive (an error or login page saved in its place?)` |
+| 27 | zero-byte archive                      | `data.stanford: <path> is an empty file (0 bytes), not a tar archive` |
+| 28 | HTML error page saved as `.tar`        | `data.stanford: <path> is an HTML page of 62 bytes, not a tar archive (an error or login page saved in its place?)` |
 | 29 | typo'd key `train.batchsize`           | `params.yaml: params: unknown key 'train.batchsize'; did you mean 'train.batch_size'?` |
 | 30 | `data.stanford.sha256: 0`              | `... 'data.stanford.sha256' must be a quoted string of 64 hex digits or '', got the int 0 (YAML reads unquoted digits as a number)` |
 | 31 | `train.normalize: "false"`             | `... 'train.normalize' must be true or false, got 'false'`           |
@@ -246,11 +246,12 @@ TAR = tar_bytes()
 BROKEN = {  # row: (file name, bytes, message after "data.stanford: <path> ")
     "truncated tar": ("images.tar", TAR[: len(TAR) // 2 + 100], "is not a readable archive: "),
     "truncated tar.gz": ("images.tar.gz", gzip.compress(TAR)[:2000], "is not a readable archive"),
-    "zero bytes": ("images.tar", b"", "is empty (0 bytes)"),
+    "zero bytes": ("images.tar", b"", "is an empty file (0 bytes), not a tar archive"),
     "html page": (
         "images.tar",
         b"\n<!DOCTYPE html>\n<html><body>Rate limit exceeded</body></html>",
-        "is an HTML page, not an archive",
+        "is an HTML page of 62 bytes, not a tar archive (an error or login page saved in its "
+        "place?)",
     ),
 }
 

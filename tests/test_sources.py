@@ -197,7 +197,7 @@ def test_relative_paths_and_downloads_resolve_against_dvc_root(
 
     saved_to = []
     monkeypatch.setattr(
-        sources, "http_download", lambda url, dest, key: saved_to.append(dest) or archive
+        sources, "http_download", lambda url, dest, key, check: saved_to.append(dest) or archive
     )
     remote = params_with(
         **{

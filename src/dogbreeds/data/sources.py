@@ -1,7 +1,8 @@
 """Download stage: fetch each source, verify its sha256 and extract only its breed folders.
 
-(Over 400 lines for a reason: the safety rules of extraction, the three archive kinds and the
-download/verify/resume logic are one trust boundary, reviewed together.)
+(Over twice the package's usual 400 lines for a reason: the safety rules of extraction, its
+budget, the archive kinds and the download/check/verify/resume logic are one trust boundary,
+reviewed together.)
 
 For each name in `data.sources` the stage writes `data/raw/<source>/<folder>/<file>`:
 
@@ -21,7 +22,16 @@ git-ignored files and is deleted afterwards.
 Archives are never extracted wholesale. Each member is checked by `RawWriter.place`: only
 regular files whose parent folder is one of the source's breed folders (at any depth) are
 written, by their base name, so nothing can land outside `data/raw/<source>/`. Everything
-else is listed with a reason in `data/raw/<source>/skipped.csv`.
+else is listed with a reason in `data/raw/<source>/skipped.csv`. Extraction has a budget
+(`data.extract`): a member's size, the total written and the compression ratio are checked
+chunk by chunk while streaming, before the chunk is written. A member name that is not UTF-8
+(an old Windows tar) is decoded as cp1252 and listed in `renamed.csv`; a name repeated in an
+archive keeps its last copy, as `tar x` does.
+
+Nothing is trusted by its name: a source path must be a regular file or a directory (a FIFO or
+`/dev/zero` would block a read forever), and an archive's first bytes must say it is the kind
+its name says, before a byte of it is hashed. A download becomes the cached file only once it
+passed those checks and its pin; otherwise it is deleted and the message says what came.
 """
 
 from __future__ import annotations
@@ -30,9 +40,9 @@ import csv
 import hashlib
 import http.client
 import logging
+import lzma
 import os
 import re
-import shutil
 import stat
 import tarfile
 import urllib.error
@@ -40,7 +50,7 @@ import urllib.request
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import IO
@@ -53,7 +63,7 @@ from dogbreeds import DogbreedsError
 from dogbreeds.common.fs import atomic_path, repo_root
 from dogbreeds.common.redact import redact
 from dogbreeds.data.synthetic import write_synthetic
-from dogbreeds.params import DataParams, SourceParams
+from dogbreeds.params import DataParams, ExtractParams, SourceParams
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +76,107 @@ MEMBER_READ_ERRORS = (
     OSError,
     EOFError,
     zlib.error,
+    lzma.LZMAError,
     zipfile.BadZipFile,
     RuntimeError,
     NotImplementedError,
 )
+# What reading an archive's own structure (headers, the central directory) can raise.
+ARCHIVE_READ_ERRORS = (
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    EOFError,
+    OSError,
+    zlib.error,
+    lzma.LZMAError,
+)
+MIB_ = 1 << 20
+NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows filesystems
+# Bytes a member (or a compressed stream) may expand to before its ratio is judged: a small
+# file (a tar header, a text file) can compress far better than a photo does.
+RATIO_SLACK = 1 << 20
+# What the extraction budget is when no params are given (params.yaml's data.extract).
+DEFAULT_EXTRACT = ExtractParams(max_member_mib=64, max_total_mib=4096, max_ratio=100)
 
 
 class SourceError(DogbreedsError):
     """A source cannot be fetched, verified or extracted; the message names the param."""
+
+
+class ArchiveReadError(Exception):
+    """The archive's own bytes failed to read (fetch_source says so, naming the archive)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Member names that are text
+# ---------------------------------------------------------------------------------------------
+
+
+def printable(name: str) -> str:
+    """A name as valid text for csv files and messages: undecodable bytes as \\xNN escapes."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def repaired(name: str) -> str:
+    """A member name as text: tarfile keeps bytes that are not UTF-8 as lone surrogates, which
+    no file system or DVC can write back; such a name is decoded as cp1252 (what an old Windows
+    tool wrote), or latin-1 for cp1252's five unused bytes."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        raw = name.encode("utf-8", "surrogateescape")
+    try:
+        return raw.decode("cp1252")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def zip_name(info: zipfile.ZipInfo) -> str:
+    """A zip entry's name: zipfile reads cp437 unless the entry says UTF-8, but most tools
+    write UTF-8 without saying so; UTF-8 is taken when the bytes are valid UTF-8."""
+    if info.flag_bits & 0x800:
+        return info.filename
+    try:
+        return info.filename.encode("cp437").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return info.filename
+
+
+# ---------------------------------------------------------------------------------------------
+# The extraction budget
+# ---------------------------------------------------------------------------------------------
+
+
+class Budget:
+    """What the download stage may still write: checked before each chunk reaches the disk."""
+
+    def __init__(self, extract: ExtractParams) -> None:
+        self.extract = extract
+        self.member = extract.max_member_bytes
+        self.ratio = extract.max_ratio
+        self.left = extract.max_total_bytes
+
+    def take(self, n: int, source: str, member: str) -> None:
+        """Account for n more bytes, or stop the stage when the total cap would be passed."""
+        if n > self.left:
+            raise SourceError(
+                f"data.{source}: the sources would write more than "
+                f"{self.extract.max_total_mib:g} MiB ('data.extract.max_total_mib'); stopped "
+                f"before {printable(member)} (nothing was kept; raise the cap if the data "
+                "really are that big)"
+            )
+        self.left -= n
+
+    def too_large(self) -> str:
+        return f"too_large: over {self.extract.max_member_mib:g} MiB (data.extract.max_member_mib)"
+
+    def too_compressed(self) -> str:
+        return f"compression_ratio: expands over {self.ratio:g}-fold (data.extract.max_ratio)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,6 +203,8 @@ def classify(member: str, folders: set[str]) -> tuple[str, str] | str:
         return "other_folder"
     if parts[-1].startswith("."):
         return "hidden_file"  # e.g. macOS `._name.jpg` resource forks
+    if len(parts[-1].encode("utf-8", "surrogateescape")) > NAME_MAX:
+        return f"name_too_long: over {NAME_MAX} bytes"
     return parts[-2], parts[-1]
 
 
@@ -108,69 +213,167 @@ class RawWriter:
 
     A member is accepted when its name is safe, its parent folder is one of `folders` and its
     base name is an ordinary file name; it is written as `<out_dir>/<folder>/<basename>`, a
-    path built from two vetted components, so it cannot escape `out_dir`.
+    path built from two vetted components, so it cannot escape `out_dir`. Each copy goes to a
+    temporary name first and replaces the file only when whole and within the budget, so a
+    later member of the same name wins (as with `tar x`) and a failed one leaves no trace.
     """
 
-    def __init__(self, out_dir: Path, folders: set[str]) -> None:
+    def __init__(
+        self, out_dir: Path, folders: set[str], source: str = "", budget: Budget | None = None
+    ) -> None:
         self.out_dir = out_dir
         self.folders = folders
+        self.source = source or out_dir.name
+        self.budget = budget or Budget(DEFAULT_EXTRACT)
         self.written: Counter[str] = Counter()  # folder -> files written
         self.skipped: list[tuple[str, str]] = []  # (member, reason)
+        self.renamed: list[tuple[str, str]] = []  # (member as escaped bytes, name written)
+        self.unreadable: dict[str, str] = {}  # folder -> why it could not be listed
+        self.owner: dict[Path, tuple[str, int]] = {}  # target -> (member, bytes) written there
+        self.temporaries = 0
 
     def skip(self, member: str, reason: str) -> None:
-        self.skipped.append((member, reason))
+        self.skipped.append((printable(member), reason))
 
     def place(self, member: str) -> Path | None:
         """The destination for a regular-file member, or None (and the skip recorded)."""
-        kept = classify(member, self.folders)
+        name = repaired(member)
+        kept = classify(name, self.folders)
         if isinstance(kept, str):
             self.skip(member, kept)
             return None
-        target = self.out_dir / kept[0] / kept[1]
-        if target.exists():
-            self.skip(member, "duplicate_name")  # the same folder name at two depths
-            return None
-        return target
+        if name != member:
+            self.renamed.append((printable(member), name))
+        return self.out_dir / kept[0] / kept[1]
 
-    def write(self, member: str, open_member: Callable[[], IO[bytes]]) -> None:
+    def write(
+        self,
+        member: str,
+        open_member: Callable[[], IO[bytes]],
+        size: int | None = None,
+        compressed: int | None = None,
+        expanded: Callable[[int], None] | None = None,
+    ) -> None:
         """Copy a regular file's bytes to its destination, if it has one.
 
         `open_member` is only called for accepted members, so skipped ones are never read.
-        A member that fails to read (bad CRC, encrypted) is skipped, not half-written.
+        `size` is the size the archive declares (a bigger one is skipped unread), `compressed`
+        its compressed size (zip: the ratio is checked per member), `expanded` a check of the
+        whole stream called with the bytes of this member so far (a compressed tar). A member
+        that fails to read (bad CRC, encrypted) or breaks a cap is skipped, not half-written.
         """
         target = self.place(member)
         if target is None:
             return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with open_member() as stream, open(target, "wb") as out:
-                shutil.copyfileobj(stream, out, CHUNK)
-        except MEMBER_READ_ERRORS as exc:
-            target.unlink(missing_ok=True)
-            self.skip(member, f"corrupt_member: {exc}")
+        if size is not None and size > self.budget.member:
+            self.skip(member, self.budget.too_large())
             return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.temporaries += 1
+        part = target.parent / f".part-{self.temporaries}"  # short: the name may be long
+        try:
+            done = self._copy(member, open_member, part, compressed, expanded)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        if isinstance(done, str):
+            part.unlink(missing_ok=True)
+            self.skip(member, done)
+            return
+        if target in self.owner:  # the same name again: the later copy wins, as with `tar x`
+            earlier, size_before = self.owner[target]
+            self.skip(earlier, "duplicate_name: replaced by a later member of the same name")
+            self.budget.left += size_before
+            self.written[target.parent.name] -= 1
+        os.replace(part, target)
+        self.owner[target] = (member, done)
         self.written[target.parent.name] += 1
 
+    def _copy(
+        self,
+        member: str,
+        open_member: Callable[[], IO[bytes]],
+        part: Path,
+        compressed: int | None,
+        expanded: Callable[[int], None] | None,
+    ) -> int | str:
+        """Stream a member into `part` within the budget: the bytes written, or why not."""
+        done = 0
+        try:
+            stream = open_member()
+        except PermissionError as exc:  # a directory source's file the user may not read
+            return f"unreadable: {exc.strerror or exc}"
+        except MEMBER_READ_ERRORS as exc:
+            return f"corrupt_member: {exc}"
+        with stream, open(part, "wb") as out:
+            while True:
+                try:
+                    chunk = stream.read(CHUNK)
+                except tarfile.TarError as exc:  # a tar cut short: the archive's, not the member's
+                    raise ArchiveReadError(exc) from None
+                except MEMBER_READ_ERRORS as exc:
+                    self.budget.left += done
+                    return f"corrupt_member: {exc}"
+                if not chunk:
+                    return done
+                if done + len(chunk) > self.budget.member:
+                    self.budget.left += done
+                    return self.budget.too_large()
+                if compressed is not None and done + len(chunk) > max(
+                    RATIO_SLACK, self.budget.ratio * compressed
+                ):
+                    self.budget.left += done
+                    return self.budget.too_compressed()
+                if expanded is not None:
+                    expanded(done + len(chunk))
+                self.budget.take(len(chunk), self.source, member)
+                out.write(chunk)
+                done += len(chunk)
+
     def finish(self, source: str) -> int:
-        """Write skipped.csv, log what happened and return the number of files written."""
+        """Write skipped.csv (and renamed.csv), log what happened, return the files written."""
         with open(self.out_dir / "skipped.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["member", "reason"])
             writer.writerows(sorted(self.skipped))
-        missing = sorted(self.folders - set(self.written))
+        if self.renamed:
+            with open(self.out_dir / "renamed.csv", "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["member", "written_as"])
+                writer.writerows(sorted(self.renamed))
+            log.warning(
+                "%s: %d member name(s) were not UTF-8 and were decoded as cp1252 (renamed.csv)",
+                source,
+                len(self.renamed),
+            )
+        found = {folder for folder, n in self.written.items() if n > 0}
+        missing = sorted(self.folders - found)
         if len(missing) == len(self.folders):
+            unreadable = "".join(
+                f"; {folder} is unreadable ({why})"
+                for folder, why in sorted(self.unreadable.items())
+            )
             raise SourceError(
                 f"data.{source}: none of the folders of 'data.{source}.folders' "
-                f"({', '.join(sorted(self.folders))}) was found; check the url and the folder names"
+                f"({', '.join(sorted(self.folders))}) was found; check the url and the folder "
+                f"names{unreadable}"
             )
         for folder in missing:
-            log.warning("%s: folder %s not found; its breed gets no images here", source, folder)
+            if folder in self.unreadable:
+                log.warning(
+                    "%s: folder %s is unreadable (%s); its breed gets no images here",
+                    source, folder, self.unreadable[folder],
+                )  # fmt: skip
+            else:
+                log.warning(
+                    "%s: folder %s not found; its breed gets no images here", source, folder
+                )
         reasons = Counter(reason.split(":")[0] for _, reason in self.skipped)
         log.info(
             "%s: wrote %d files in %d folders; skipped %d (%s)",
             source,
             sum(self.written.values()),
-            len(self.written),
+            len(found),
             len(self.skipped),
             ", ".join(f"{r}={n}" for r, n in sorted(reasons.items())) or "none",
         )
@@ -182,24 +385,67 @@ class RawWriter:
 # ---------------------------------------------------------------------------------------------
 
 
+class StreamRatio:
+    """Bytes out per byte in of a compressed tar, judged at every header and every chunk: a
+    tar.gz of zeros would otherwise keep the CPU busy for hours skipping what it never writes."""
+
+    def __init__(self, raw: IO[bytes], archive: Path, source: str, max_ratio: float) -> None:
+        self.raw, self.archive, self.source, self.max_ratio = raw, archive, source, max_ratio
+
+    def check(self, position: int, member: str) -> None:
+        """`position`: how far into the uncompressed tar the reading is."""
+        consumed = max(self.raw.tell(), 1)
+        if position > RATIO_SLACK and position > self.max_ratio * consumed:
+            raise SourceError(
+                f"data.{self.source}: {self.archive} expands over {self.max_ratio:g}-fold "
+                f"('data.extract.max_ratio') by {printable(member)}: a decompression bomb, not "
+                "a photo archive (nothing was kept)"
+            )
+
+
+def _tar_members(tar: tarfile.TarFile, ratio: StreamRatio) -> Iterator[tarfile.TarInfo]:
+    """The members of a tar, read one header at a time; a damaged header is the archive's."""
+    while True:
+        try:
+            member = tar.next()
+        except ARCHIVE_READ_ERRORS as exc:
+            raise ArchiveReadError(exc) from None
+        if member is None:
+            return
+        ratio.check(tar.offset, member.name)
+        yield member
+
+
 def extract_tar(archive: Path, writer: RawWriter) -> None:
     """Stream a (possibly compressed) tar; links and devices are skipped, never created."""
-    with tarfile.open(archive, "r:*") as tar:
-        for member in tqdm(tar, desc=f"extract {archive.name}", unit="file", leave=False):
-            if member.isdir():
-                continue  # directories are implied by the files written
-            if problem := member_problem(member.name):
-                writer.skip(member.name, problem)
-            elif member.issym():
-                writer.skip(member.name, "symlink")
-            elif member.islnk():
-                writer.skip(member.name, "hardlink")
-            elif member.ischr() or member.isblk():
-                writer.skip(member.name, "device")
-            elif not member.isfile():
-                writer.skip(member.name, "not_regular_file")
-            else:
-                writer.write(member.name, partial(tar.extractfile, member))
+    with open(archive, "rb") as raw:
+        ratio = StreamRatio(raw, archive, writer.source, writer.budget.ratio)
+        try:
+            tar = tarfile.open(fileobj=raw, mode="r:*")  # noqa: SIM115 (closed by `with tar`)
+        except ARCHIVE_READ_ERRORS as exc:
+            raise ArchiveReadError(exc) from None
+        with tar:
+            members = _tar_members(tar, ratio)
+            for member in tqdm(members, desc=f"extract {archive.name}", unit="file", leave=False):
+                if member.isdir():
+                    continue  # directories are implied by the files written
+                if problem := member_problem(member.name):
+                    writer.skip(member.name, problem)
+                elif member.issym():
+                    writer.skip(member.name, "symlink")
+                elif member.islnk():
+                    writer.skip(member.name, "hardlink")
+                elif member.ischr() or member.isblk():
+                    writer.skip(member.name, "device")
+                elif not member.isfile():
+                    writer.skip(member.name, "not_regular_file")
+                else:
+                    writer.write(
+                        member.name,
+                        partial(tar.extractfile, member),
+                        size=member.size,
+                        expanded=lambda n, m=member: ratio.check(m.offset_data + n, m.name),
+                    )
 
 
 def _zip_kind(info: zipfile.ZipInfo) -> str | None:
@@ -216,15 +462,50 @@ def _zip_kind(info: zipfile.ZipInfo) -> str | None:
 
 def extract_zip(archive: Path, writer: RawWriter) -> None:
     """Read a zip entry by entry; symlink entries (Unix mode in the zip) are skipped."""
-    with zipfile.ZipFile(archive) as zf:
-        for info in tqdm(zf.infolist(), desc=f"extract {archive.name}", unit="file", leave=False):
+    try:
+        zf = zipfile.ZipFile(archive)
+        infos = zf.infolist()
+    except ARCHIVE_READ_ERRORS as exc:
+        raise ArchiveReadError(exc) from None
+    with zf:
+        for info in tqdm(infos, desc=f"extract {archive.name}", unit="file", leave=False):
+            name = zip_name(info)
             if info.is_dir():
                 continue
-            if problem := member_problem(info.filename) or _zip_kind(info):
-                writer.skip(info.filename, problem)
+            if problem := member_problem(name) or _zip_kind(info):
+                writer.skip(name, problem)
             else:
-                writer.write(info.filename, partial(zf.open, info))
+                writer.write(
+                    name, partial(zf.open, info), size=info.file_size, compressed=info.compress_size
+                )
 
+
+# What the first bytes of each archive kind are; tarfile reads a compressed tar of any kind
+# under any tar suffix, so the suffixes name two families: tar (plain or compressed) and zip.
+MAGIC = (
+    (b"PK\x03\x04", "zip"),
+    (b"PK\x05\x06", "zip"),  # an empty zip
+    (b"\x1f\x8b", "gzip"),
+    (b"BZh", "bzip2"),
+    (b"\xfd7zXZ\x00", "xz"),
+)
+FAMILIES = {"zip": "zip", "gzip": "tar", "bzip2": "tar", "xz": "tar", "tar": "tar"}
+KIND_WORDS = {
+    "zip": "a zip archive",
+    "tar": "a tar archive",
+    "gzip": "a gzip-compressed file",
+    "bzip2": "a bzip2-compressed file",
+    "xz": "an xz-compressed file",
+}
+# Other things a server or a user may hand over instead of an archive, by their first bytes.
+OTHER_MAGIC = (
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG", "a PNG image"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7z archive"),
+    (b"Rar!", "a RAR archive"),
+    (b"%PDF", "a PDF document"),
+)
+HEAD = 1024  # bytes read to tell a file's kind (a tar header is 512)
 
 ARCHIVE_TYPES: dict[str, Callable[[Path, RawWriter], None]] = {
     ".tar": extract_tar,
@@ -248,25 +529,144 @@ def archive_type(path: Path, key: str) -> str:
     )
 
 
-def copy_directory(root: Path, writer: RawWriter) -> None:
-    """Copy a local directory's breed folders, with the same rules as an archive."""
-    for dirpath, dirnames, filenames in os.walk(root):  # does not follow directory links
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    for test, words in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISLNK, "a symbolic link"),
+    ):
+        if test(mode):
+            return words
+    return "not a regular file"
+
+
+def open_regular(path: Path) -> IO[bytes]:
+    """Open a file for reading only if it is a regular file, judged on the opened descriptor
+    (no race with a swap), without following a last-component link and without blocking on a
+    FIFO."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise OSError(f"{file_kind(mode)}, not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def _directory_files(root: Path, writer: RawWriter | None) -> Iterator[tuple[str, Path, int]]:
+    """(member, path, lstat mode) of every file under root, sorted, never following a directory
+    link; an unreadable folder is recorded on `writer` (or, without one, silently left out)."""
+
+    def unreadable(exc: OSError) -> None:
+        if writer is not None and exc.filename is not None:
+            folder = Path(exc.filename)
+            member = folder.relative_to(root).as_posix() if folder != root else "."
+            writer.unreadable[folder.name] = exc.strerror or str(exc)
+            writer.skip(member, f"unreadable_folder: {exc.strerror or exc}")
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         here = Path(dirpath)
         dirnames.sort()
         for name in [d for d in dirnames if (here / d).is_symlink()]:
-            writer.skip((here / name).relative_to(root).as_posix(), "symlink")
+            if writer is not None:
+                writer.skip((here / name).relative_to(root).as_posix(), "symlink")
         for name in sorted(filenames):
             path = here / name
-            member = path.relative_to(root).as_posix()
-            mode = path.lstat().st_mode
-            if stat.S_ISLNK(mode):
-                writer.skip(member, "symlink")
-            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-                writer.skip(member, "device")
-            elif not stat.S_ISREG(mode):
-                writer.skip(member, "not_regular_file")
-            else:
-                writer.write(member, partial(open, path, "rb"))
+            try:
+                mode = path.lstat().st_mode
+            except OSError as exc:
+                if writer is not None:
+                    writer.skip(path.relative_to(root).as_posix(), f"unreadable: {exc.strerror}")
+                continue
+            yield path.relative_to(root).as_posix(), path, mode
+
+
+def _is_tar_header(block: bytes) -> bool:
+    """Whether 512 bytes are a tar header: POSIX/GNU magic, or an old (v7) header's checksum."""
+    if len(block) < 512:
+        return False
+    if block[257:262] == b"ustar":
+        return True
+    field = block[148:156].replace(b"\x00", b" ").strip()
+    try:
+        checksum = int(field, 8)
+    except ValueError:
+        return False
+    return checksum == sum(block[:148]) + 8 * 32 + sum(block[156:512])
+
+
+def sniff(head: bytes) -> str | None:
+    """The archive kind (a key of KIND_WORDS) the first bytes of a file announce, or None."""
+    for magic, kind in MAGIC:
+        if head.startswith(magic):
+            return kind
+    return "tar" if _is_tar_header(head[:512]) else None
+
+
+def amount(size: int) -> str:
+    if size < 10_000:
+        return f"{size} byte{'s' if size != 1 else ''}"
+    if size < 10 * MIB_:
+        return f"{size / 1024:.0f} KiB"
+    return f"{size / MIB_:.0f} MiB"
+
+
+def describe(head: bytes, size: int) -> str:
+    """What a file holds, in words: 'an HTML page of 52 bytes', 'a zip archive of 812 bytes'."""
+    if size == 0:
+        return "an empty file (0 bytes)"
+    if kind := sniff(head):
+        return f"{KIND_WORDS[kind]} of {amount(size)}"
+    for magic, words in OTHER_MAGIC:
+        if head.startswith(magic):
+            return f"{words} of {amount(size)}"
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in text:
+        return f"an HTML page of {amount(size)}"
+    if text.startswith(b"<?xml"):
+        return f"an XML document of {amount(size)}"
+    try:
+        line = head.decode("utf-8").strip().splitlines()[0][:60]
+    except (UnicodeDecodeError, IndexError):
+        return f"{amount(size)} of unrecognised data"
+    return f"a text file of {amount(size)} ({line!r})"
+
+
+def check_archive(path: Path, suffix: str) -> str | None:
+    """Why the file at `path` is not an archive of the family its suffix names (None if it is).
+
+    Reads the first bytes only: a multi-gigabyte wrong file is refused before it is hashed.
+    """
+    with open_regular(path) as f:
+        head = f.read(HEAD)
+        size = os.fstat(f.fileno()).st_size
+    expected = FAMILIES["zip" if suffix == ".zip" else "tar"]
+    kind = sniff(head)
+    if kind is not None and FAMILIES[kind] == expected:
+        return None
+    what = describe(head, size)
+    hint = ""
+    if kind is not None:  # the other family: the name is wrong, the file may be right
+        hint = f"; name it .{'zip' if FAMILIES[kind] == 'zip' else 'tar'} to use it as one"
+    elif what.startswith("an HTML page"):
+        hint = " (an error or login page saved in its place?)"
+    return f"{what}, not a {expected} archive{hint}"
+
+
+def copy_directory(root: Path, writer: RawWriter) -> None:
+    """Copy a local directory's breed folders, with the same rules as an archive."""
+    for member, path, mode in _directory_files(root, writer):
+        if stat.S_ISLNK(mode):
+            writer.skip(member, "symlink")
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            writer.skip(member, "device")
+        elif not stat.S_ISREG(mode):
+            writer.skip(member, "not_regular_file")
+        else:
+            writer.write(member, partial(open_regular, path), size=path.lstat().st_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,18 +689,18 @@ def tree_sha256(root: Path, folders: set[str]) -> str:
     sha256 over the sorted lines `<relative path> <sha256 of the file>` of every regular file
     that sits in one of the breed folders (at any depth, by the same rules as extraction).
     Files elsewhere do not count, so a dataset that adds a breed the study does not use keeps
-    its hash; a changed, added or removed image in a used breed changes it.
+    its hash; a changed, added or removed image in a used breed changes it. A file or folder
+    that cannot be read counts as absent (the copy skips it too, and lists it).
     """
     lines = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            member = path.relative_to(root).as_posix()
-            if stat.S_ISREG(path.lstat().st_mode) and not isinstance(
-                classify(member, folders), str
-            ):
-                lines.append(f"{member} {sha256_of(path)}\n")
+    for member, path, mode in _directory_files(root, None):
+        if stat.S_ISREG(mode) and not isinstance(classify(repaired(member), folders), str):
+            try:
+                with open_regular(path) as f:
+                    digest = hashlib.file_digest(f, "sha256").hexdigest()
+            except OSError:
+                continue
+            lines.append(f"{printable(member)} {digest}\n")
     return hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
 
 
@@ -314,15 +714,26 @@ def download_path(url: str, downloads_dir: Path, name: str) -> Path:
     return downloads_dir / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{filename}"
 
 
-def http_download(url: str, dest: Path, key: str) -> Path:
+def http_download(
+    url: str, dest: Path, key: str, check: Callable[[Path], str | None] | None = None
+) -> Path:
     """Download `url` to `dest`, resuming from `dest.part` when an earlier run was cut off.
 
-    The bytes go to `<dest>.part` and are renamed to `dest` only once complete, so `dest`
-    existing means a finished download. A server that ignores Range restarts from zero.
+    The bytes go to `<dest>.part` and are renamed to `dest` only once complete and, when
+    `check` is given, once `check(part)` finds nothing wrong (else the part is deleted and the
+    error says what came), so `dest` existing means a finished, checked download. A cached
+    `dest` that fails the check (left by an older version) is deleted and fetched again. A
+    server that ignores Range restarts from zero.
     """
     if dest.exists():
-        log.info("%s: using %s downloaded earlier", key, dest)
-        return dest
+        problem = check(dest) if check else None
+        if problem is None:
+            log.info("%s: using %s downloaded earlier", key, dest)
+            return dest
+        log.warning(
+            "%s: %s downloaded earlier is %s; deleted, fetching it again", key, dest, problem
+        )
+        dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     offset = part.stat().st_size if part.exists() else 0
@@ -331,8 +742,7 @@ def http_download(url: str, dest: Path, key: str) -> Path:
         response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:  # the range starts at the end: the .part is complete
-            os.replace(part, dest)
-            return dest
+            return _keep_download(part, dest, url, key, check)
         raise SourceError(
             f"params: '{key}': download of {url} failed: HTTP {exc.code} {exc.reason}"
         ) from None
@@ -365,8 +775,36 @@ def http_download(url: str, dest: Path, key: str) -> Path:
             f"params: '{key}': download of {url} ended at {part.stat().st_size} of {total} bytes; "
             f"{part} is kept, run again to resume"
         )
+    return _keep_download(part, dest, url, key, check)
+
+
+def _keep_download(
+    part: Path, dest: Path, url: str, key: str, check: Callable[[Path], str | None] | None
+) -> Path:
+    """Rename a complete download onto its cache name, or delete it when `check` refuses it."""
+    problem = check(part) if check else None
+    if problem is not None:
+        part.unlink()
+        raise SourceError(
+            f"params: '{key}': {url} sent {problem}; the download was deleted (run again once "
+            "the server sends the archive)"
+        )
     os.replace(part, dest)
     return dest
+
+
+def download_check(suffix: str, sha256: str) -> Callable[[Path], str | None]:
+    """What a download must be before it is cached: an archive of its suffix's kind, and the
+    pinned sha256 when there is one."""
+
+    def check(path: Path) -> str | None:
+        if problem := check_archive(path, suffix):
+            return problem
+        if sha256 and (actual := sha256_of(path)) != sha256:
+            return f"an archive whose sha256 is {actual}, not the pinned {sha256}"
+        return None
+
+    return check
 
 
 def kaggle_handle(url: str, key: str) -> str:
@@ -411,14 +849,17 @@ def resolve(name: str, source: SourceParams, downloads_dir: Path) -> Path:
     """Turn data.<name>.url into a local archive file or directory, downloading if needed.
 
     Relative paths are relative to the main repository (`repo_root`), not the working
-    directory, so a stage run in DVC's temporary copy finds the same files.
+    directory, so a stage run in DVC's temporary copy finds the same files. A local path must
+    be a regular file or a directory: reading a FIFO or a device would never end.
     """
     key, url = f"data.{name}.url", source.url
     parsed = urlparse(url)
     # A one-letter "scheme" is a Windows drive ("C:\\data"), i.e. a local path.
     scheme = parsed.scheme.lower() if len(parsed.scheme) > 1 else ""
     if scheme in ("http", "https"):
-        return http_download(url, download_path(url, downloads_dir, name), key)
+        dest = download_path(url, downloads_dir, name)
+        suffix = archive_type(dest, key)  # before a byte is fetched
+        return http_download(url, dest, key, download_check(suffix, source.sha256))
     if scheme == "kaggle":
         return kaggle_download(url, key)
     if scheme == "file":
@@ -432,8 +873,16 @@ def resolve(name: str, source: SourceParams, downloads_dir: Path) -> Path:
             f"params: '{key}' has unknown scheme '{scheme}'; "
             "known: http://, https://, file://, kaggle://owner/dataset, or a local path"
         )
-    if not path.exists():
-        raise SourceError(f"params: '{key}': {path} does not exist")
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise SourceError(f"params: '{key}': {path} does not exist") from None
+    except OSError as exc:
+        raise SourceError(f"params: '{key}': {path} cannot be read ({exc.strerror})") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise SourceError(
+            f"params: '{key}': {path} is {file_kind(mode)}, not an archive file or a directory"
+        )
     return path
 
 
@@ -441,7 +890,8 @@ def verify(name: str, source: SourceParams, path: Path, downloads_dir: Path) -> 
     """Check the pin before anything is extracted; a bad download is deleted.
 
     An archive is pinned by the sha256 of its bytes, a directory by `tree_sha256`. Without a
-    pin the source is used, and the hash to pin it with is logged.
+    pin the source is used, and the hash to pin it with is logged (only for a file already
+    known to be an archive of its kind: a pin must never bless an error page).
     """
     key = f"data.{name}.sha256"
     if path.is_dir():
@@ -463,32 +913,32 @@ def verify(name: str, source: SourceParams, path: Path, downloads_dir: Path) -> 
     log.info("%s: %s verified", name, what)
 
 
-def not_an_archive(path: Path) -> str | None:
-    """Why a file is plainly not an archive (empty, or an HTML page saved in its place)."""
-    with open(path, "rb") as f:
-        head = f.read(1024)
-    if not head:
-        return "is empty (0 bytes)"
-    if head.lstrip().lower().startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
-        return "is an HTML page, not an archive (an error or login page saved in its place?)"
-    return None
-
-
-def fetch_source(name: str, source: SourceParams, out_dir: Path, downloads_dir: Path) -> int:
-    """Resolve, verify and extract one archive source into out_dir; return the files written."""
+def fetch_source(
+    name: str,
+    source: SourceParams,
+    out_dir: Path,
+    downloads_dir: Path,
+    budget: Budget | None = None,
+) -> int:
+    """Resolve, check, verify and extract one archive source into out_dir; return the files
+    written. The checks run cheapest first: the path's type, the name's archive type, the
+    first bytes, then the hash of every byte."""
     path = resolve(name, source, downloads_dir)
+    writer = RawWriter(out_dir, set(source.folders.values()), name, budget)
+    extractor = None
+    if not path.is_dir():
+        suffix = archive_type(path, f"data.{name}.url")
+        extractor = ARCHIVE_TYPES[suffix]
+        if problem := check_archive(path, suffix):
+            raise SourceError(f"data.{name}: {path} is {problem}")
     verify(name, source, path, downloads_dir)
-    writer = RawWriter(out_dir, set(source.folders.values()))
     out_dir.mkdir(parents=True, exist_ok=True)
-    if path.is_dir():
+    if extractor is None:
         copy_directory(path, writer)
     else:
-        extractor = ARCHIVE_TYPES[archive_type(path, f"data.{name}.url")]
-        if problem := not_an_archive(path):
-            raise SourceError(f"data.{name}: {path} {problem}")
         try:
             extractor(path, writer)
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:
+        except ArchiveReadError as exc:
             raise SourceError(f"data.{name}: {path} is not a readable archive: {exc}") from None
     return writer.finish(name)
 
@@ -502,6 +952,7 @@ def download_sources(
     source succeeded (an error leaves nothing behind).
     """
     downloads_dir = downloads_dir or repo_root() / "data" / "downloads"
+    budget = Budget(data.extract)  # one budget for all sources: the disk is shared
     counts: dict[str, int] = {}
     with atomic_path(raw_dir) as tmp:
         tmp.mkdir()
@@ -509,5 +960,6 @@ def download_sources(
             if name == "synthetic":
                 counts[name] = write_synthetic(data.synthetic, data.breeds, tmp / name)
             else:
-                counts[name] = fetch_source(name, getattr(data, name), tmp / name, downloads_dir)
+                source = getattr(data, name)
+                counts[name] = fetch_source(name, source, tmp / name, downloads_dir, budget)
     return counts

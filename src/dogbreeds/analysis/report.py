@@ -351,6 +351,9 @@ def run_report(params: Params, metrics_dir: Path = Path("metrics")) -> str:
     markdown = render_report(params, runs, curves, offsets)
     write_json(metrics_dir / "headline.json", headline(params, runs))
     write_tsv(metrics_dir / "robustness.tsv", curves, ROBUSTNESS_COLUMNS)
+    from dogbreeds.analysis.dvcplots import write_dvc_plots  # one chart per schedule: dvc plots
+
+    write_dvc_plots(params, runs, curves, metrics_dir)
     with atomic_path(metrics_dir / "report.md") as tmp:
         tmp.write_text(markdown)
     return markdown

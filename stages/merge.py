@@ -12,7 +12,7 @@ from dogbreeds.params import load_params
 
 def main() -> None:
     params = load_params()
-    merge_sources(params.data, params.merge)
+    merge_sources(params.data, params.merge, min_per_breed=params.split.min_per_breed)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from dogbreeds.params import load_params
 
 def main() -> None:
     params = load_params()
-    split_manifest(params.split)
+    split_manifest(params.split, breeds=params.data.breeds)
 
 
 if __name__ == "__main__":

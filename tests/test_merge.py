@@ -31,6 +31,17 @@ from dogbreeds.data.merge import (
 )
 
 S_CHI, S_PUG = f"stanford/{STANFORD_CHIHUAHUA}", f"stanford/{STANFORD_PUG}"
+# The raw folders below hold two breeds: the study's params narrowed to them.
+TWO_BREEDS = {
+    "data.breeds": ["chihuahua", "pug"],
+    "data.stanford.folders": {"chihuahua": STANFORD_CHIHUAHUA, "pug": STANFORD_PUG},
+    "data.dbi.folders": {"chihuahua": "chihuahua", "pug": "pug"},
+    "merge.min_side": 16,  # good1_small (24 x 18) stays a near duplicate, not a thumbnail
+}
+
+
+def two_breeds(**updates):
+    return params_with(**(TWO_BREEDS | updates))
 
 
 def raw_files() -> dict[str, bytes]:
@@ -52,6 +63,7 @@ def raw_files() -> dict[str, bytes]:
         f"{S_PUG}/same_pixels.png": encode(png, "PNG", compress_level=0),  # other bytes
         f"{S_PUG}/grey.jpg": encode(photo(6, mode="L"), "JPEG"),
         f"{S_PUG}/good5.jpg": good5,
+        f"{S_PUG}/good5_again.jpg": good5,  # same bytes, same breed
         "dbi/chihuahua/big_good2.jpg": jpeg(2, size=(96, 72)),  # the better copy of good2
         "dbi/chihuahua/webp.jpg": encode(photo(7), "WEBP"),
         "dbi/chihuahua/rgba.png": encode(rgba, "PNG"),
@@ -59,6 +71,7 @@ def raw_files() -> dict[str, bytes]:
             ImageEnhance.Brightness(photo(5)).enhance(1.2), "JPEG", quality=90
         ),
         "dbi/pug/mislabelled.jpg": good1,  # the same photo filed under another breed
+        "dbi/pug/good8.jpg": jpeg(8),
     }
 
 
@@ -71,7 +84,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def merged(tmp_path: Path) -> tuple[dict[str, dict], dict[str, dict], Path]:
     """Run merge once on raw_files(); rows keyed by path relative to the raw dir."""
     raw = write_tree(tmp_path / "raw", raw_files())
-    data = params_with(**{"data.sources": ["stanford", "dbi"]})
+    data = two_breeds(**{"data.sources": ["stanford", "dbi"]})
     merge_sources(data.data, data.merge, raw, tmp_path / "merged", workers=1)
     prefix = f"{raw.as_posix()}/"
     manifest = {
@@ -89,7 +102,6 @@ def test_every_file_is_either_kept_or_rejected(merged) -> None:
     assert not set(manifest) & set(rejected)
     assert sorted(manifest) == sorted(
         [
-            f"{S_CHI}/copy_of_good1.jpg",
             f"{S_CHI}/rotated.jpg",
             f"{S_PUG}/really_png.jpg",
             f"{S_PUG}/grey.jpg",
@@ -97,6 +109,7 @@ def test_every_file_is_either_kept_or_rejected(merged) -> None:
             "dbi/chihuahua/big_good2.jpg",
             "dbi/chihuahua/webp.jpg",
             "dbi/chihuahua/rgba.png",
+            "dbi/pug/good8.jpg",
         ]
     )
 
@@ -106,7 +119,7 @@ def test_manifest_rows_describe_the_decoded_image(merged) -> None:
     assert list(next(iter(manifest.values()))) == [
         "id", "breed", "label", "source", "path", "sha256", "width", "height",
     ]  # fmt: skip
-    breeds = params_with().data.breeds
+    breeds = two_breeds().data.breeds
     for rel, row in manifest.items():
         data = raw_files()[rel]
         assert row["sha256"] == hashlib.sha256(data).hexdigest()
@@ -140,9 +153,7 @@ def test_duplicates_name_the_kept_copy_kind_and_scope(merged) -> None:
     manifest, rejected, _ = merged
     kept = {rel: row["id"] for rel, row in manifest.items()}
     expected = {
-        f"{S_CHI}/good1.jpg": ("duplicate_bytes", "within", f"{S_CHI}/copy_of_good1.jpg"),
-        f"{S_CHI}/good1_small.jpg": ("near_duplicate", "within", f"{S_CHI}/copy_of_good1.jpg"),
-        "dbi/pug/mislabelled.jpg": ("duplicate_bytes", "across", f"{S_CHI}/copy_of_good1.jpg"),
+        f"{S_PUG}/good5_again.jpg": ("duplicate_bytes", "within", f"{S_PUG}/good5.jpg"),
         f"{S_PUG}/same_pixels.png": ("duplicate_pixels", "within", f"{S_PUG}/really_png.jpg"),
         f"{S_CHI}/good2.jpg": ("near_duplicate", "across", "dbi/chihuahua/big_good2.jpg"),
         "dbi/pug/brighter_good5.jpg": ("near_duplicate", "across", f"{S_PUG}/good5.jpg"),
@@ -152,13 +163,109 @@ def test_duplicates_name_the_kept_copy_kind_and_scope(merged) -> None:
         assert (row["kind"], row["scope"]) == (kind, scope), rel
         assert row["kept_path"].endswith(kept_rel)
         assert row["reason"].startswith(f"{kind}_of:{kept[kept_rel]}")
-    assert "bits)" in rejected[f"{S_CHI}/good1_small.jpg"]["reason"]
-    assert "; filed as pug, kept copy as chihuahua" in rejected["dbi/pug/mislabelled.jpg"]["reason"]
+    assert "bits)" in rejected[f"{S_CHI}/good2.jpg"]["reason"]
+
+
+def test_a_photo_filed_under_two_breeds_is_a_label_conflict_and_no_copy_is_kept(merged) -> None:
+    """good1 sits in a chihuahua folder (twice, and a small copy) and in a pug folder: which
+    label is right is unknown, so every copy goes and each names a copy of the other breed."""
+    manifest, rejected, tmp_path = merged
+    raw = f"{(tmp_path / 'raw').as_posix()}/"
+    copies = [f"{S_CHI}/good1.jpg", f"{S_CHI}/copy_of_good1.jpg", f"{S_CHI}/good1_small.jpg"]
+    assert not set(copies + ["dbi/pug/mislabelled.jpg"]) & set(manifest)
+    for rel in copies:
+        row = rejected[rel]
+        assert row["reason"].startswith("label_conflict: ") and row["kept_path"] == ""
+        assert row["reason"].endswith(
+            f"; filed as chihuahua here and as pug in {raw}dbi/pug/mislabelled.jpg; no copy kept"
+        )
+    assert rejected["dbi/pug/mislabelled.jpg"]["reason"] == (
+        f"label_conflict: duplicate_bytes_of:{hashlib.sha256(jpeg(1)).hexdigest()[:16]}; filed "
+        f"as pug here and as chihuahua in {raw}{S_CHI}/copy_of_good1.jpg; no copy kept"
+    )
+    assert rejected["dbi/pug/mislabelled.jpg"]["kind"] == "duplicate_bytes"
+
+
+def test_too_small_and_too_elongated_photos_are_rejected(tmp_path: Path) -> None:
+    files = {f"dbi/{breed}/{i}.jpg": jpeg(10 * n + i)
+             for n, breed in enumerate(["chihuahua", "pug"]) for i in range(3)}  # fmt: skip
+    files |= {
+        "dbi/pug/dot.png": encode(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG"),
+        "dbi/pug/thumb.jpg": jpeg(31, size=(40, 12)),
+        "dbi/pug/strip.png": encode(photo(32, size=(400, 50)), "PNG"),
+    }
+    raw = write_tree(tmp_path / "raw", files)
+    params = two_breeds(**{"data.sources": ["dbi"], "merge.min_side": 32, "merge.max_aspect": 4})
+    manifest, rejected = merge_sources(params.data, params.merge, raw, tmp_path / "m", workers=1)
+    reasons = {Path(row["path"]).name: (row["kind"], row["reason"]) for row in rejected}
+    assert reasons == {
+        "dot.png": ("unreadable", "too_small: 1x1, a side under 32 px (merge.min_side)"),
+        "thumb.jpg": ("unreadable", "too_small: 40x12, a side under 32 px (merge.min_side)"),
+        "strip.png": (
+            "unreadable",
+            "too_elongated: 400x50, 8 times longer than wide (merge.max_aspect 4)",
+        ),
+    }
+    assert len(manifest) == 6
+
+
+def test_a_breed_short_of_images_names_its_folders_and_what_became_of_them(
+    tmp_path: Path,
+) -> None:
+    """Pug: no folder in stanford, and in dbi two unreadable files and one photo that is also
+    a chihuahua's. Nothing is written."""
+    files = {f"stanford/{STANFORD_CHIHUAHUA}/{i}.jpg": jpeg(i) for i in range(4)}
+    files |= {
+        "dbi/pug/empty.jpg": b"",
+        "dbi/pug/text.jpg": b"not a photo",
+        "dbi/pug/c.jpg": jpeg(0),
+    }
+    raw = write_tree(tmp_path / "raw", files)
+    params = two_breeds(**{"data.sources": ["stanford", "dbi"]})
+    with pytest.raises(MergeError) as error:
+        merge_sources(params.data, params.merge, raw, tmp_path / "m", workers=1)
+    r = raw.as_posix()
+    assert str(error.value) == (
+        "breed 'pug' has 0 image(s) after merge; train, val and test need 1 each "
+        "('split.min_per_breed'), so at least 3. Searched: "
+        f"{r}/stanford/{STANFORD_PUG} (missing); {r}/dbi/pug (3 files: 1 also filed as "
+        "chihuahua, 2 unreadable)"
+    )
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_breed_needs_three_times_split_min_per_breed(tmp_path: Path) -> None:
+    files = {f"dbi/{breed}/{i}.jpg": jpeg(10 * n + i)
+             for n, breed in enumerate(["chihuahua", "pug"]) for i in range(4)}  # fmt: skip
+    raw = write_tree(tmp_path / "raw", files)
+    params = two_breeds(**{"data.sources": ["dbi"]})
+    merge_sources(params.data, params.merge, raw, tmp_path / "a", workers=1, min_per_breed=1)
+    with pytest.raises(MergeError, match=r"^breed 'chihuahua' has 4 image\(s\) .* at least 6 \("):
+        merge_sources(params.data, params.merge, raw, tmp_path / "b", workers=1, min_per_breed=2)
+
+
+def test_an_unreadable_raw_folder_is_named(tmp_path: Path, monkeypatch) -> None:
+    files = {f"dbi/{breed}/{i}.jpg": jpeg(10 * n + i)
+             for n, breed in enumerate(["chihuahua", "pug"]) for i in range(3)}  # fmt: skip
+    raw = write_tree(tmp_path / "raw", files)
+    iterdir = Path.iterdir
+
+    def denied(self: Path):
+        if self.name == "pug":
+            raise PermissionError(13, "Permission denied", str(self))
+        return iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", denied)  # as root, chmod 000 would not stop a read
+    params = two_breeds(**{"data.sources": ["dbi"]})
+    with pytest.raises(
+        MergeError, match=r"Searched: .*/dbi/pug \(unreadable: Permission denied\)$"
+    ):
+        merge_sources(params.data, params.merge, raw, tmp_path / "m", workers=1)
 
 
 def test_merge_is_deterministic_and_the_pool_gives_the_same_result(tmp_path: Path) -> None:
     raw = write_tree(tmp_path / "raw", raw_files())
-    params = params_with(**{"data.sources": ["stanford", "dbi"]})
+    params = two_breeds(**{"data.sources": ["stanford", "dbi"]})
     merge_sources(params.data, params.merge, raw, tmp_path / "one", workers=1)
     merge_sources(params.data, params.merge, raw, tmp_path / "two", workers=2)
     for name in ("manifest.csv", "rejected.csv"):
@@ -167,15 +274,15 @@ def test_merge_is_deterministic_and_the_pool_gives_the_same_result(tmp_path: Pat
 
 def test_sources_not_selected_are_ignored(tmp_path: Path) -> None:
     raw = write_tree(tmp_path / "raw", raw_files())
-    params = params_with(**{"data.sources": ["dbi"]})
+    params = two_breeds(**{"data.sources": ["dbi"]})
     manifest, rejected = merge_sources(params.data, params.merge, raw, tmp_path / "m", workers=1)
     assert {row["source"] for row in manifest} == {"dbi"}
-    assert len(manifest) + len(rejected) == 5
+    assert len(manifest) + len(rejected) == 6
 
 
 def test_no_readable_image_is_an_error_and_writes_nothing(tmp_path: Path) -> None:
     raw = write_tree(tmp_path / "raw", {"dbi/pug/a.jpg": b"", "dbi/pug/b.jpg": b"junk"})
-    params = params_with(**{"data.sources": ["dbi"]})
+    params = two_breeds(**{"data.sources": ["dbi"]})
     with pytest.raises(MergeError, match="none of the 2 files is a readable image"):
         merge_sources(params.data, params.merge, raw, tmp_path / "merged", workers=1)
     assert not (tmp_path / "merged").exists()

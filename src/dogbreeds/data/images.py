@@ -44,23 +44,56 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _to_8bit(image: Image.Image) -> Image.Image:
-    """A 16-bit greyscale image as 8-bit "L", keeping the top byte of each pixel.
+def _float_to_8bit(pixels: np.ndarray) -> np.ndarray:
+    """Float greyscale (mode "F", e.g. a scientific TIFF) into 0..255, or why it cannot be.
 
-    Pillow's own conversion clips 16-bit values at 255, which turns nearly every pixel white.
-    Mode "I" (32-bit) holds 16-bit data from some decoders, or 8-bit data from others.
+    Pillow's own conversion clips at 0..255, so the usual [0, 1] floats come out all black.
+    Floats in [0, 1] are scaled by 255, floats in [0, 255] kept; any other range has no scale
+    that can be trusted, so the image is rejected rather than guessed at.
     """
-    pixels = np.asarray(image).astype(np.int64)
-    if image.mode.startswith("I;16") or pixels.max(initial=0) > 255:
-        pixels = pixels >> 8
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "L")
+    if not np.isfinite(pixels).all():
+        raise UnreadableImage("float pixels that are not finite (NaN or infinity)")
+    low, high = float(pixels.min(initial=0)), float(pixels.max(initial=0))
+    if low >= 0 and high <= 1:
+        return pixels * 255
+    if low >= 0 and high <= 255:
+        return pixels
+    raise UnreadableImage(
+        f"float pixels from {low:g} to {high:g}: neither [0, 1] nor [0, 255], no known scale"
+    )
+
+
+def _int_to_8bit(pixels: np.ndarray, sixteen: bool) -> np.ndarray:
+    """Integer greyscale (modes "I;16*" and the 32-bit "I") into 0..255, or why it cannot be.
+
+    Pillow's own conversion clips at 255, which turns 16-bit data nearly all white. "I" holds
+    8-bit data from some decoders and 16-bit data from others, told apart by the largest value;
+    beyond 16 bits, or below 0, there is no scale that can be trusted.
+    """
+    pixels = pixels.astype(np.int64)
+    low, high = int(pixels.min(initial=0)), int(pixels.max(initial=0))
+    if low < 0:
+        raise UnreadableImage(f"negative integer pixels (down to {low}): no known scale")
+    if high > 0xFFFF:
+        raise UnreadableImage(f"32-bit integer pixels up to {high}: beyond 16 bits, no known scale")
+    return pixels >> 8 if sixteen or high > 255 else pixels
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float greyscale image as 8-bit "L" (see the two above)."""
+    pixels = np.asarray(image)
+    if image.mode == "F":
+        pixels = _float_to_8bit(pixels.astype(np.float64))
+    else:
+        pixels = _int_to_8bit(pixels, image.mode.startswith("I;16"))
+    return Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "L")
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Convert any mode to RGB, compositing transparent images onto white."""
     if image.mode == "RGB":
         return image
-    if image.mode == "I" or image.mode.startswith("I;16"):
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
         image = _to_8bit(image)
     if image.mode in _ALPHA_MODES:
         with warnings.catch_warnings():  # "palette with transparency" is expected here
@@ -90,6 +123,8 @@ def decode_rgb(data: bytes, draft_size: tuple[int, int] | None = None) -> Image.
                 image.draft("RGB", draft_size)
             image.load()  # decode now, so truncation is caught here rather than later
         return _to_rgb(ImageOps.exif_transpose(image))
+    except UnreadableImage:
+        raise
     except Exception as exc:  # untrusted files: a decoder may raise nearly anything
         raise UnreadableImage(_describe(exc)) from exc
 

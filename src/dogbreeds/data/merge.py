@@ -4,7 +4,14 @@ Every file under `data/raw/<source>/<folder>/` is decoded once (by content, EXIF
 RGB) and fingerprinted three ways: sha256 of its bytes, a digest of its decoded pixels and a
 64-bit perceptual hash. Files linked by any of them (same bytes, same pixels, or hashes at
 most `merge.near_dup_max_bits` apart) form one cluster, within a source or across sources,
-and each cluster keeps one image, so the same photo can never land in both train and test.
+and each cluster keeps one image, so the same photo can never land in both train and test. A
+cluster whose files sit in two breeds' folders is a label conflict: which folder is right is
+unknown, so no copy is kept and each is listed with the breed of the other.
+
+A photo smaller than `merge.min_side` or more elongated than `merge.max_aspect` is rejected
+too. Every breed must keep enough images for each of train, val and test to hold
+`split.min_per_breed`; one that does not stops the stage with the folders searched and what
+became of their files, before anything is written.
 
 Outputs: `manifest.csv` (id, breed, label, source, path, sha256, width, height) and
 `rejected.csv` (path, reason, kind, scope, kept_path): every file not kept, with why.
@@ -16,7 +23,8 @@ import csv
 import hashlib
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ["id", "breed", "label", "source", "path", "sha256", "width", "height"]
 REJECTED_COLUMNS = ["path", "reason", "kind", "scope", "kept_path"]
+SPLITS = 3  # train, val and test: each needs split.min_per_breed images of every breed
 HASH_SIDE = 32  # pHash: DCT of a 32x32 greyscale thumbnail...
 HASH_LOW = 8  # ...keeping its 8x8 lowest frequencies: 64 bits
 
@@ -89,13 +98,31 @@ def perceptual_hash(image: Image.Image) -> int:
     return int.from_bytes(np.packbits(low > np.median(low)).tobytes(), "big")
 
 
-def fingerprint(path: str) -> Fingerprint | str:
-    """Fingerprint one file, or return why it cannot be used ("unreadable: ...")."""
+def shape_problem(width: int, height: int, min_side: int, max_aspect: float) -> str | None:
+    """Why a decoded image's size makes it no training photo (None when it is fine)."""
+    short, long = min(width, height), max(width, height)
+    if short < min_side:
+        return f"too_small: {width}x{height}, a side under {min_side} px (merge.min_side)"
+    if long > max_aspect * short:
+        return (
+            f"too_elongated: {width}x{height}, {long / short:.3g} times longer than wide "
+            f"(merge.max_aspect {max_aspect:g})"
+        )
+    return None
+
+
+def fingerprint(
+    path: str, min_side: int = 1, max_aspect: float = float("inf")
+) -> Fingerprint | str:
+    """Fingerprint one file, or return why it cannot be used ("unreadable: ...", "too_small:
+    ...", "too_elongated: ...")."""
     try:
         data = Path(path).read_bytes()
         image = decode_rgb(data)
     except (UnreadableImage, OSError) as exc:
         return f"unreadable: {exc}"
+    if problem := shape_problem(image.width, image.height, min_side, max_aspect):
+        return problem
     pixels = hashlib.sha256(f"{image.width}x{image.height}".encode())
     pixels.update(image.tobytes())
     return Fingerprint(
@@ -184,25 +211,52 @@ def source_folders(data: DataParams, source: str) -> dict[str, str]:
     return getattr(data, source).folders
 
 
-def find_candidates(data: DataParams, raw_dir: Path) -> list[Candidate]:
-    """Every file in the breed folders of the selected sources, in a fixed order."""
-    candidates = []
+@dataclass
+class Folder:
+    """One breed folder of one source, as searched: what it held and what became of it."""
+
+    path: str
+    breed: str
+    state: str = "found"  # found | missing | unreadable: <why>
+    files: int = 0
+    fates: Counter = field(default_factory=Counter)  # "kept", "unreadable", "also filed as X"
+
+    def describe(self) -> str:
+        if self.state != "found":
+            return f"{self.path} ({self.state})"
+        if not self.files:
+            return f"{self.path} (empty)"
+        fates = ", ".join(f"{n} {fate}" for fate, n in sorted(self.fates.items()))
+        return f"{self.path} ({self.files} file{'s' if self.files != 1 else ''}: {fates})"
+
+
+def find_candidates(data: DataParams, raw_dir: Path) -> tuple[list[Candidate], list[Folder]]:
+    """Every file in the breed folders of the selected sources, in a fixed order, and the
+    folders searched (a missing or unreadable one is kept to be named if its breed falls short)."""
+    candidates, searched = [], []
     for source in data.sources:
         folders = source_folders(data, source)
         for label, breed in enumerate(data.breeds):
             folder = raw_dir / source / folders[breed]
-            if not folder.is_dir():
-                log.warning(
-                    "%s: no folder %s; breed %s gets no images from it", source, folder, breed
-                )
-                continue
-            for path in sorted(p for p in folder.iterdir() if p.is_file()):
-                candidates.append(Candidate(path.as_posix(), source, breed, label))
+            record = Folder(folder.as_posix(), breed)
+            searched.append(record)
+            try:
+                paths = sorted(p for p in folder.iterdir() if p.is_file())
+            except FileNotFoundError:
+                record.state = "missing"
+            except OSError as exc:
+                record.state = f"unreadable: {exc.strerror or exc}"
+            else:
+                record.files = len(paths)
+                candidates += [Candidate(p.as_posix(), source, breed, label) for p in paths]
+            if record.state != "found":
+                log.warning("%s: %s is %s; breed %s gets no images from it",
+                            source, folder, record.state, breed)  # fmt: skip
     if not candidates:
         raise MergeError(
             f"{raw_dir}: no image files for sources {data.sources}; run the download stage"
         )
-    return candidates
+    return candidates, searched
 
 
 def _keeper_rank(candidate: Candidate, fp: Fingerprint, source_rank: dict[str, int]) -> tuple:
@@ -215,9 +269,6 @@ def _rejected_row(dropped: Candidate, dfp: Fingerprint, kept: Candidate, kfp: Fi
     reason = f"{kind}_of:{kfp.sha256[:16]}"
     if kind == "near_duplicate":
         reason += f" (d={hamming(dfp.phash, kfp.phash)} bits)"
-    if dropped.breed != kept.breed:
-        reason += f"; filed as {dropped.breed}, kept copy as {kept.breed}"
-        log.warning("%s is a duplicate of %s from another breed folder", dropped.path, kept.path)
     scope = "within" if dropped.source == kept.source else "across"
     return {
         "path": dropped.path,
@@ -228,10 +279,25 @@ def _rejected_row(dropped: Candidate, dfp: Fingerprint, kept: Candidate, kfp: Fi
     }
 
 
+def _conflict_row(dropped: Candidate, dfp: Fingerprint, other: Candidate, ofp: Fingerprint) -> dict:
+    """A copy of a label conflict: dropped, like every copy, with the other breed named."""
+    row = _rejected_row(dropped, dfp, other, ofp)
+    row["reason"] = (
+        f"label_conflict: {row['reason']}; filed as {dropped.breed} here and as {other.breed} "
+        f"in {other.path}; no copy kept"
+    )
+    row["kept_path"] = ""
+    return row
+
+
 def deduplicate(
     candidates: list[Candidate], prints: list[Fingerprint], max_bits: int, sources: list[str]
 ) -> tuple[list[int], list[dict]]:
-    """Indices of the images to keep, and a rejected row for every other member of a cluster."""
+    """Indices of the images to keep, and a rejected row for every other member of a cluster.
+
+    A cluster filed under more than one breed keeps nothing: each copy is listed as a label
+    conflict naming a copy of another breed (the first, in path order).
+    """
     groups = cluster(prints, max_bits)
     members: dict[int, list[int]] = {}
     for i in range(len(prints)):
@@ -239,6 +305,20 @@ def deduplicate(
     source_rank = {name: rank for rank, name in enumerate(sources)}
     kept, rejected = [], []
     for group in members.values():
+        if len({candidates[i].breed for i in group}) > 1:
+            for i in group:
+                other = min(
+                    (j for j in group if candidates[j].breed != candidates[i].breed),
+                    key=lambda j: candidates[j].path,
+                )
+                rejected.append(
+                    _conflict_row(candidates[i], prints[i], candidates[other], prints[other])
+                )
+            log.warning(
+                "label conflict: %d copies of one photo filed under %s; none kept",
+                len(group), ", ".join(sorted({candidates[i].breed for i in group})),
+            )  # fmt: skip
+            continue
         keep = min(group, key=lambda i: _keeper_rank(candidates[i], prints[i], source_rank))
         kept.append(keep)
         for i in group:
@@ -247,6 +327,48 @@ def deduplicate(
                     _rejected_row(candidates[i], prints[i], candidates[keep], prints[keep])
                 )
     return sorted(kept), rejected
+
+
+def _fate(row: dict) -> str:
+    """How one rejected file is summed up in the line naming a breed that fell short."""
+    reason = row["reason"]
+    if reason.startswith("label_conflict"):
+        return "also filed as " + reason.split(" and as ", 1)[1].split(" in ", 1)[0]
+    if row["kind"] == "unreadable":
+        return reason.split(":", 1)[0]  # unreadable, too_small, too_elongated
+    return "duplicates of kept images"
+
+
+def check_breeds(
+    data: DataParams,
+    searched: list[Folder],
+    manifest: list[dict],
+    rejected: list[dict],
+    min_per_breed: int,
+) -> None:
+    """Stop when a breed keeps fewer images than train, val and test need between them.
+
+    The line names the breed, each folder searched for it and what became of its files, so a
+    wrong folder name, an unreadable folder or photos filed under two breeds are plain.
+    """
+    need = SPLITS * min_per_breed
+    kept = Counter(row["breed"] for row in manifest)
+    short = [breed for breed in data.breeds if kept[breed] < need]
+    if not short:
+        return
+    by_folder = {folder.path: folder for folder in searched}
+    for row in manifest:
+        by_folder[row["path"].rsplit("/", 1)[0]].fates["kept"] += 1
+    for row in rejected:
+        by_folder[row["path"].rsplit("/", 1)[0]].fates[_fate(row)] += 1
+    breed = short[0]
+    more = f" (also short: {', '.join(short[1:])})" if len(short) > 1 else ""
+    folders = "; ".join(f.describe() for f in searched if f.breed == breed)
+    raise MergeError(
+        f"breed '{breed}' has {kept[breed]} image(s) after merge; train, val and test need "
+        f"{min_per_breed} each ('split.min_per_breed'), so at least {need}{more}. Searched: "
+        f"{folders}"
+    )
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
@@ -277,10 +399,15 @@ def merge_sources(
     raw_dir: Path = Path("data/raw"),
     out_dir: Path = Path("data/merged"),
     workers: int | None = None,
+    min_per_breed: int = 1,
 ) -> tuple[list[dict], list[dict]]:
-    """Write out_dir/manifest.csv and out_dir/rejected.csv; return their rows."""
-    candidates = find_candidates(data, raw_dir)
-    results = parallel_map(fingerprint, [c.path for c in candidates], "decode", workers)
+    """Write out_dir/manifest.csv and out_dir/rejected.csv; return their rows.
+
+    `min_per_breed` is split.min_per_breed: every breed must keep 3 times as many images.
+    """
+    candidates, searched = find_candidates(data, raw_dir)
+    judge = partial(fingerprint, min_side=params.min_side, max_aspect=params.max_aspect)
+    results = parallel_map(judge, [c.path for c in candidates], "decode", workers)
     readable = [i for i, r in enumerate(results) if isinstance(r, Fingerprint)]
     rejected = [
         {"path": c.path, "reason": r, "kind": "unreadable", "scope": "", "kept_path": ""}
@@ -312,6 +439,7 @@ def merge_sources(
             }
         )
     rejected.sort(key=lambda row: row["path"])
+    check_breeds(data, searched, manifest, rejected, min_per_breed)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         _write_csv(tmp / "manifest.csv", MANIFEST_COLUMNS, manifest)

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: study test lint summary bench register clean-venv
+.PHONY: study test lint summary bench register clean-venv lock exps
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,8 +34,34 @@ register: $(VENV)/.installed  ## each net's best run of the study becomes models
 clean-venv:
 	rm -rf $(VENV)
 
+# Shorter or narrower with BENCH_ARGS, e.g. make bench BENCH_ARGS="--batch 32 --amp off --steps 3".
 bench: $(VENV)/.installed  ## training-step throughput per net, backend, batch and precision
-	$(BIN)/python -m dogbreeds bench --out bench
+	$(BIN)/python -m dogbreeds bench --out bench $(BENCH_ARGS)
+
+# `dvc exp show` without the columns of the stages' dependencies (one file hash each, most of the
+# table): only params and metrics. More options in EXPS_ARGS, e.g. EXPS_ARGS="--only-changed --md".
+EXPS_DROP := [^:]*/[^:]*$$|(data|metrics|models|src|stages)$$
+exps: $(VENV)/.installed  ## the experiments' params and metrics, without the file hashes
+	PATH="$(CURDIR)/$(BIN):$$PATH" dvc exp show --drop '$(EXPS_DROP)' $(EXPS_ARGS)
+
+# The lock: the package and its dev and team extras, exact versions with sha256 hashes, one file
+# for every platform (markers: the CUDA wheels only on Linux). `make lock` regenerates it with a
+# pinned uv from pyproject.toml, keeping every version the lock already pins (fed to uv as
+# constraints) and resolving only what is new; `make lock LOCK_UPGRADE=1` lets every version
+# move within pyproject's ranges. Hashes are PyPI's.
+UV_VERSION := 0.13.9
+UV_DIR := .tools/uv-$(UV_VERSION)
+$(UV_DIR)/bin/uv:
+	$(PYTHON) -m venv $(UV_DIR)
+	$(UV_DIR)/bin/python -m pip install --quiet uv==$(UV_VERSION)
+
+lock: $(UV_DIR)/bin/uv  ## regenerate requirements.lock (universal, hashed), keeping its pins
+	pins=$$(mktemp) && trap 'rm -f "$$pins"' EXIT && \
+	$(if $(LOCK_UPGRADE),: >"$$pins",grep -E '^[A-Za-z0-9._-]+==' requirements.lock | sed 's/ *\\$$//' >"$$pins") && \
+	$(UV_DIR)/bin/uv pip compile pyproject.toml --extra dev --extra team --universal \
+	  --python-version 3.11 --generate-hashes --no-annotate --default-index https://pypi.org/simple \
+	  --custom-compile-command "make lock" --constraint "$$pins" $(if $(LOCK_UPGRADE),--upgrade) \
+	  --quiet --output-file requirements.lock
 
 # MobileNet's width x resolution grid (docs/experiments.md): `make grid`
 # queues one DVC experiment per (alpha, side), `dvc queue start -j 1` runs them, `make compare`

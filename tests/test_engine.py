@@ -197,7 +197,9 @@ def test_gradients_are_clipped_by_value_before_each_step(prepared, monkeypatch):
 
 def test_augment_flip_only_mirrors_exactly():
     x = torch.rand(16, 3, 8, 8)
-    theta = batches.augment_thetas(16, torch.Generator().manual_seed(0), aug(hflip=0.5, crop_scale=1.0))
+    theta = batches.augment_thetas(
+        16, torch.Generator().manual_seed(0), aug(hflip=0.5, crop_scale=1.0)
+    )
     out = batches.augment(x, theta)
     flipped = [torch.allclose(o, xi.flip(-1), atol=1e-6) for o, xi in zip(out, x, strict=True)]
     kept = [torch.allclose(o, xi, atol=1e-6) for o, xi in zip(out, x, strict=True)]
@@ -212,7 +214,9 @@ def test_augment_crop_zooms_in_at_a_seeded_position():
     ramp = torch.arange(side, dtype=torch.float32)
     x = torch.stack([ramp.expand(side, side), ramp[:, None].expand(side, side)])  # (2, H, W)
     x = x.unsqueeze(0).repeat(64, 1, 1, 1)  # x-ramp, y-ramp channels
-    draw = lambda: batches.augment_thetas(64, torch.Generator().manual_seed(1), aug(hflip=0, crop_scale=0.5))  # noqa: E731
+    draw = lambda: batches.augment_thetas(
+        64, torch.Generator().manual_seed(1), aug(hflip=0, crop_scale=0.5)
+    )  # noqa: E731
     a, b = batches.augment(x, draw()), batches.augment(x, draw())
     assert torch.equal(a, b)  # seeded
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from dogbreeds.commands import profile
 from dogbreeds.data.preprocess import Normalize
 from dogbreeds.nets.models import MODELS, build_model
 from dogbreeds.ops.deform_conv import BACKENDS, runs_on
@@ -155,9 +156,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=Path("bench"), help="writes OUT.json, OUT.md")
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="time each layer's forward, input and weight gradient per memory format (CPU, "
+        "float32, the first --batch) instead; writes OUT-profile.md",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.profile:
+        tables = [
+            profile.markdown(net, profile.profile_net(net, args.batch[0], args.resolution))
+            for net in MODELS
+        ]
+        text = "\n\n".join(tables) + "\n"
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_name(args.out.name + "-profile.md").write_text(text)
+        print(text)
+        return
     devices = [torch.device(d) for d in args.device]
     for device in devices:
         configure_device(device)

@@ -154,7 +154,8 @@ def seed_files(project: Path, seed: int) -> dict[str, bytes]:
 
 def register(project: Path) -> dict[str, str]:
     """`python -m dogbreeds register` in the workspace: the cnn champion it printed."""
-    out = run([sys.executable, "-m", "dogbreeds", "register"], project, env=ONE_THREAD).stdout
+    cmd = [sys.executable, "-m", "dogbreeds", "register", "--force"]  # synthetic data
+    out = run(cmd, project, env=ONE_THREAD).stdout
     line = next(x for x in out.splitlines() if x.startswith("models:/dogbreeds-cnn@champion"))
     match = re.match(
         r"models:/dogbreeds-cnn@champion: version (\d+), run (\S+) \((\w+)\), val_acc (\S+)", line

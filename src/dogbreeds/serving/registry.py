@@ -11,6 +11,11 @@ Registration is a deliberate step (`python -m dogbreeds register`, after `dvc re
 queue of experiments would let whichever finished last win, and DVC's run cache would skip it.
 It runs under the store's write lock and is idempotent: a champion that is already registered
 gets no new version.
+
+Each version carries its model card as its description (`dogbreeds.serving.card`: data,
+recipe, metrics with the cell's interval over seeds, limits) and the registered model says what
+its champion was trained on. A study on synthetic data makes no champion unless forced: its
+nets name real photos' breeds with confidence and no meaning.
 """
 
 from __future__ import annotations
@@ -26,13 +31,14 @@ from mlflow.exceptions import MlflowException
 from dogbreeds import DogbreedsError
 from dogbreeds.common.redact import redact
 from dogbreeds.params import Params, run_name
-from dogbreeds.serving import pyfunc
+from dogbreeds.serving import card, pyfunc
 from dogbreeds.tracking import store
 
 log = logging.getLogger(__name__)
 
 ALIAS = "champion"
 SELECT_BY = "val_acc"
+DATA_KIND_TAG = "data_kind"  # a version's tag: real | synthetic
 
 
 class RegistryError(DogbreedsError):
@@ -93,6 +99,8 @@ class Candidate:
     run_id: str
     val_acc: float
     order: int  # position in params order (arch, schedule, seed): breaks ties
+    schedule: str = ""
+    seed: int = 0
 
 
 def candidates(params: Params, metrics_dir: Path = Path("metrics/train")) -> list[Candidate]:
@@ -119,7 +127,9 @@ def candidates(params: Params, metrics_dir: Path = Path("metrics/train")) -> lis
                     raise RegistryError(
                         f"{path}: no mlflow_run_id/val_acc ({exc!r}); rerun its train stage"
                     ) from None
-                found.append(Candidate(arch, name, run_id, val_acc, order=len(found)))
+                found.append(
+                    Candidate(arch, name, run_id, val_acc, len(found), schedule, int(seed))
+                )
     return found
 
 
@@ -133,15 +143,53 @@ def choose(found: list[Candidate]) -> dict[str, Candidate]:
     return dict(sorted(best.items(), key=lambda item: item[1].order))
 
 
-def register(candidate: Candidate, root: Path | None = None) -> Champion:
+@dataclass(frozen=True)
+class Card:
+    """What registration writes beside the alias: the version's model card, the registered
+    model's description (it names the champion's version: `{version}`) and the data kind."""
+
+    card: str
+    description: str
+    data_kind: str
+
+
+def study_card(params: Params, candidate: Candidate, metrics_dir: Path) -> Card:
+    """The card of one champion of the study `params` describes."""
+    return Card(
+        card.model_card(
+            params, candidate.arch, candidate.schedule, candidate.seed, candidate.run_id,
+            metrics_dir,
+        ),
+        card.model_description(candidate.arch, params, "{version}", candidate.run_name),
+        "synthetic" if card.is_synthetic(params) else "real",
+    )  # fmt: skip
+
+
+def write_card(client: MlflowClient, name: str, version: str, written: Card) -> None:
+    """The card as the version's description, the data kind as its tag, and the registered
+    model's description naming this version; nothing is written that is already there."""
+    if client.get_model_version(name, version).description != written.card:
+        client.update_model_version(name, version, description=written.card)
+        client.set_model_version_tag(name, version, DATA_KIND_TAG, written.data_kind)
+    description = written.description.format(version=version)
+    if client.get_registered_model(name).description != description:
+        client.update_registered_model(name, description=description)
+
+
+def register(
+    candidate: Candidate, root: Path | None = None, written: Card | None = None
+) -> Champion:
     """Point `dogbreeds-<arch>@champion` at the candidate's logged model, under the store's
-    lock; a champion that is already registered gets no new version (idempotent)."""
+    lock, with its card when given; a champion that is already registered gets no new version
+    (idempotent)."""
     client, experiment_id = store.open_experiment(root)
     name = registered_name(candidate.arch)
 
     def point_alias() -> str:
         current = current_champion(client, name)
         if current is not None and current.run_id == candidate.run_id:
+            if written is not None:
+                write_card(client, name, str(current.version), written)
             return str(current.version)
         model_id = logged_model_id(client, experiment_id, candidate.run_id)
         if model_id is None:
@@ -163,6 +211,8 @@ def register(candidate: Candidate, root: Path | None = None) -> Champion:
                 tags={SELECT_BY: f"{candidate.val_acc:.4f}"},
             )
         client.set_registered_model_alias(name, ALIAS, created.version)
+        if written is not None:
+            write_card(client, name, str(created.version), written)
         log.info(
             "%s@%s -> version %s (run %s, %s %.4f)",
             name, ALIAS, created.version, candidate.run_name, SELECT_BY, candidate.val_acc,
@@ -174,7 +224,19 @@ def register(candidate: Candidate, root: Path | None = None) -> Champion:
 
 
 def register_study(
-    params: Params, metrics_dir: Path = Path("metrics/train"), root: Path | None = None
+    params: Params,
+    metrics_dir: Path = Path("metrics/train"),
+    root: Path | None = None,
+    force: bool = False,
 ) -> dict[str, Champion]:
-    """Choose every net's champion from the study's outputs and register it."""
-    return {arch: register(c, root) for arch, c in choose(candidates(params, metrics_dir)).items()}
+    """Choose every net's champion from the study's outputs and register it with its card;
+    a study on synthetic data is refused unless `force`."""
+    if card.is_synthetic(params) and not force:
+        raise RegistryError(
+            f"data.sources {params.data.sources}: these nets were trained on synthetic images, "
+            "not dog photos; no champion made (register --force to make them champions anyway)"
+        )
+    chosen = choose(candidates(params, metrics_dir))
+    return {
+        arch: register(c, root, study_card(params, c, metrics_dir)) for arch, c in chosen.items()
+    }

@@ -93,6 +93,15 @@ def fake_report(shift: float, metrics: Path = Path("metrics")) -> None:
     (metrics / "headline.json").write_text(json.dumps({"shift": shift}) + "\n")
 
 
+def touch_other_outs() -> None:
+    """Outputs of the report stage that `fake_report` does not write: an empty file each."""
+    stage = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]["report"]
+    for entry in stage["outs"] + stage["metrics"]:
+        path = Path(next(iter(entry)))
+        if not path.exists():
+            path.write_text("{}\n" if path.suffix == ".json" else "")
+
+
 def read_tsv(path: Path) -> list[dict[str, str]]:
     lines = path.read_text().splitlines()
     header = lines[0].split("\t")
@@ -164,6 +173,7 @@ def test_dvc_yaml_draws_the_nets_of_each_committed_schedule_on_one_chart():
     assert tuple(committed["archs"]) == ARCHS and tuple(committed["schedules"]) == SCHEDULES
     plots = {name: props for entry in dvc_yaml["plots"] for name, props in entry.items()}
     assert plots["metrics/plots/robustness"]["x"] == "strength"
+    assert plots["metrics/plots/robustness"]["template"] == "band"  # .dvc/plots/band.json
     assert plots["metrics/plots/robustness"]["y"] == list(ARCHS)
     for schedule in SCHEDULES:
         for chart, ending in (("accuracy", "acc"), ("loss", "loss")):
@@ -215,14 +225,16 @@ def experiments(tmp_path_factory) -> Path:
     (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
     (repo / "params.yaml").write_text("fake:\n  shift: 0.0\n")
     (repo / "fake_report.py").write_text(
-        "import yaml\nfrom test_dvcplots import fake_report\n\n"
+        "import yaml\nfrom test_dvcplots import fake_report, touch_other_outs\n\n"
         "fake_report(yaml.safe_load(open('params.yaml'))['fake']['shift'])\n"
+        "touch_other_outs()\n"
     )
     shutil.copytree(ROOT / "scripts" / "vega", repo / "scripts" / "vega")
     env = {"PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'tests'}"}
     run(["git", "init", "-q"], repo)
     run(["dvc", "init", "-q"], repo)
     shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
     run(["dvc", "repro", "-q"], repo, env=env)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "baseline"], repo)
@@ -246,6 +258,8 @@ def test_plots_diff_draws_both_experiments_on_each_chart(experiments: Path):
             (plot,) = data[f"metrics/plots/robustness/{schedule}-{kind}.tsv"]
             assert plot["type"] == "vega" and set(plot["revisions"]) == revs
             assert series(plot) == {(rev, arch) for rev in revs for arch in ARCHS}
+            band, line = plot["content"]["layer"]  # the band template: CI area, mean line
+            assert (band["mark"]["type"], line["mark"]["type"]) == ("area", "line")
             points = {
                 (d["rev"], d["field"], float(d["strength"])): float(d["dvc_inferred_y_value"])
                 for d in plot["content"]["data"]["values"]
@@ -297,9 +311,10 @@ const done = arguments[arguments.length - 1];
 Promise.all(window.__embeds || []).then((embeds) => done(embeds.map((e) => {
   const div = document.querySelector(e.id);
   const legend = [...div.querySelectorAll('.role-legend-label text')].map((t) => t.textContent);
-  const lines = [...div.querySelectorAll('.mark-line path')].filter(
+  const drawn = (mark) => [...div.querySelectorAll(`.mark-${mark} path`)].filter(
     (p) => (p.getAttribute('d') || '').length > 20).length;
-  return {...e, marks: !!div.querySelector('.marks'), legend, lines};
+  return {...e, marks: !!div.querySelector('.marks'), legend, lines: drawn('line'),
+          bands: drawn('area')};
 })));
 """
 
@@ -354,6 +369,8 @@ def test_the_diff_page_draws_every_series_with_no_network(experiments: Path, tmp
         fields = 3 if "robustness" in chart["id"] else 6
         series_count = len(EXPERIMENTS) * fields
         assert chart["lines"] >= series_count, chart  # a line per series (and its raw twin)
+        if "robustness" in chart["id"]:
+            assert chart["bands"] == series_count, chart  # and a 95% CI band each
         assert set(EXPERIMENTS) <= set(chart["legend"]), chart
         names = {label for label in chart["legend"] if label not in EXPERIMENTS}
         assert len(names) == fields, chart

@@ -214,9 +214,12 @@ def test_augment_crop_zooms_in_at_a_seeded_position():
     ramp = torch.arange(side, dtype=torch.float32)
     x = torch.stack([ramp.expand(side, side), ramp[:, None].expand(side, side)])  # (2, H, W)
     x = x.unsqueeze(0).repeat(64, 1, 1, 1)  # x-ramp, y-ramp channels
-    draw = lambda: batches.augment_thetas(
-        64, torch.Generator().manual_seed(1), aug(hflip=0, crop_scale=0.5)
-    )  # noqa: E731
+
+    def draw():
+        return batches.augment_thetas(
+            64, torch.Generator().manual_seed(1), aug(hflip=0, crop_scale=0.5)
+        )
+
     a, b = batches.augment(x, draw()), batches.augment(x, draw())
     assert torch.equal(a, b)  # seeded
 

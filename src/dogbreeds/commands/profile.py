@@ -15,6 +15,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -74,19 +75,20 @@ def time_conv(conv: nn.Conv2d, x: torch.Tensor, first: bool, repeats: int) -> li
     for fmt_name, fmt in FORMATS.items():
         layer = conv.to(memory_format=fmt)
         inp = x.detach().contiguous(memory_format=fmt).requires_grad_(not first)
-        with torch.no_grad():
-            rows["forward"][fmt_name] = median_ms(lambda: layer(inp), repeats)
-        out = layer(inp)
-        grad = torch.randn_like(out)
-        forward = rows["forward"][fmt_name]  # each gradient's time is net of its forward
-        rows["weight grad"][fmt_name] = (
-            median_ms(lambda: torch.autograd.grad(layer(inp), layer.weight, grad), repeats)
-            - forward
-        )
+        grad = torch.randn_like(layer(inp))
+
+        def forward(layer=layer, inp=inp) -> None:
+            with torch.no_grad():
+                layer(inp)
+
+        def gradient(wrt: torch.Tensor, layer=layer, inp=inp, grad=grad) -> None:
+            torch.autograd.grad(layer(inp), wrt, grad)
+
+        ms = rows["forward"][fmt_name] = median_ms(forward, repeats)
+        # each gradient's time is net of the forward it needs
+        rows["weight grad"][fmt_name] = median_ms(partial(gradient, layer.weight), repeats) - ms
         if not first:
-            rows["input grad"][fmt_name] = (
-                median_ms(lambda: torch.autograd.grad(layer(inp), inp, grad), repeats) - forward
-            )
+            rows["input grad"][fmt_name] = median_ms(partial(gradient, inp), repeats) - ms
     shape = "x".join(str(d) for d in x.shape)
     return [Timing("", shape, part, ms) for part, ms in rows.items()]
 

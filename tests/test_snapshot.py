@@ -90,3 +90,38 @@ def test_an_unfinished_study_is_named_and_leaves_nothing(finished, tmp_path):
     with pytest.raises(snap.SnapshotError, match="robustness.png: not found"):
         snap.snapshot(repo, "fake", tmp_path / "results")
     assert not (tmp_path / "results" / "fake").exists()
+
+
+def test_the_experiment_is_named_by_its_files_or_by_dvc(tmp_path, monkeypatch):
+    """After `dvc exp run` the workspace holds the files of one experiment ref
+    (refs/exps/<baseline[:2]>/<baseline[2:]>/<name>): that name goes to the provenance."""
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+
+    def out(*args: str) -> str:
+        return subprocess.run([*git, *args], check=True, capture_output=True, text=True).stdout
+
+    def experiment(name: str, resolution: int, baseline: str) -> None:
+        (tmp_path / "params.yaml").write_text(f"model:\n  resolution: {resolution}\n")
+        (tmp_path / "dvc.lock").write_text(f"schema: '2.0'\n# {resolution}\n")
+        out("add", "params.yaml", "dvc.lock")
+        tree = out("write-tree").strip()
+        commit = out("commit-tree", tree, "-p", baseline, "-m", name).strip()
+        out("update-ref", f"refs/exps/{baseline[:2]}/{baseline[2:]}/{name}", commit)
+
+    out("init", "-q")
+    (tmp_path / "params.yaml").write_text("model:\n  resolution: 224\n")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    out("add", "params.yaml", "dvc.lock")
+    out("commit", "-qm", "baseline")
+    assert snap.experiment_name(tmp_path) is None  # a plain dvc repro: no experiment
+    head = out("rev-parse", "HEAD").strip()
+    experiment("quick-smoke", 32, head)
+    experiment("ruled-pods", 64, head)  # the workspace now holds ruled-pods' files
+    assert snap.experiment_name(tmp_path) == "ruled-pods"
+    experiment("quick-smoke", 32, head)  # like `dvc exp apply quick-smoke`
+    assert snap.experiment_name(tmp_path) == "quick-smoke"
+    (tmp_path / "params.yaml").write_text("model:\n  resolution: 48\n")  # edited since
+    assert snap.experiment_name(tmp_path) is None
+    monkeypatch.setenv("DVC_EXP_NAME", "inside-a-run")
+    assert snap.experiment_name(tmp_path) == "inside-a-run"

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -186,6 +187,35 @@ def changed_code(repo: Path) -> list[str]:
     return sorted(line[3:] for line in status.splitlines() if line.strip())
 
 
+# DVC's experiment refs: refs/exps/<baseline sha[:2]>/<baseline sha[2:]>/<name>
+EXP_REF = re.compile(r"refs/exps/(?P<base>[0-9a-f]{2}/[0-9a-f]{38})/(?P<name>[^/]+)$")
+
+
+def experiment_name(repo: Path) -> str | None:
+    """The DVC experiment the workspace holds the results of, or None (a plain `dvc repro`).
+
+    Inside a run DVC says so (DVC_EXP_NAME). After `dvc exp run` or `dvc exp apply` the
+    workspace holds one experiment's files: the experiment whose commit has the workspace's
+    dvc.lock and params.yaml (one of HEAD's if any, else the newest)."""
+    if os.environ.get("DVC_EXP_NAME"):
+        return os.environ["DVC_EXP_NAME"]
+    files = ("dvc.lock", "params.yaml")
+    ours = (git(repo, "hash-object", "--", *files) or "").split()
+    listed = git(repo, "for-each-ref", "--sort=-committerdate", "--format=%(refname)", "refs/exps/")
+    refs = [r for r in (listed or "").split() if EXP_REF.match(r)]
+    if len(ours) != len(files) or not refs:
+        return None
+    query = "".join(f"{ref}:{file}\n" for ref in refs for file in files)
+    out = subprocess.run(
+        ["git", "-C", str(repo), "cat-file", "--batch-check=%(objectname)"],
+        input=query, capture_output=True, text=True,
+    ).stdout.splitlines()  # fmt: skip
+    found = [ref for i, ref in enumerate(refs) if out[2 * i : 2 * i + 2] == ours]
+    head = (git(repo, "rev-parse", "HEAD") or "").strip()
+    found.sort(key=lambda ref: EXP_REF.match(ref)["base"].replace("/", "") != head)  # HEAD's
+    return EXP_REF.match(found[0])["name"] if found else None
+
+
 def snapshot(
     repo: Path, name: str, results: Path, wall_time_s: float | None = None, note: str = ""
 ) -> Path:
@@ -209,7 +239,7 @@ def snapshot(
                 "commit": (git(repo, "rev-parse", "HEAD") or "").strip() or None,
                 "code_changed_since_commit": changed_code(repo),
                 "note": note,
-                "dvc_exp_name": os.environ.get("DVC_EXP_NAME"),
+                "dvc_exp_name": experiment_name(repo),
                 "params_changed": params_diff(repo),
                 "machine": machine(),
                 "wall_time_s": wall_time_s,

@@ -56,6 +56,40 @@ the stage with one line `error: ...` on stderr, exit status 1, and no output.
 | 44 | full disk writing `data/prepared`      | deform: `data/prepared: no space left on device while writing it (nothing was written); free some space and run the stage again` (test_full_disk) |
 | 45 | full disk writing a checkpoint         | train: `models/<run>.pt: no space left on device ...`; the rerun resumes after the last epoch (test_full_disk) |
 | 46 | full disk writing the resume state     | train: `<root>/.resume/<run>-<key>.pt: no space left on device ...` (test_full_disk) |
+| 47 | a breed's folder missing from every source | merge: `breed 'pug' has 0 image(s) after merge; train, val and test need 1 each ('split.min_per_breed'), so at least 3. Searched: data/raw/stanford/n02110958-pug (missing)` |
+| 48 | every file of a breed unreadable       | merge: `... Searched: data/raw/stanford/n02110958-pug (3 files: 3 unreadable)` |
+| 49 | every file of a breed a copy of another breed's | merge: both copies dropped as label conflicts (listed in rejected.csv, `label_conflict: duplicate_bytes_of:<id>; filed as pug here and as chihuahua in <path>; no copy kept`), so: `breed 'chihuahua' has 0 image(s) after merge; ... so at least 3 (also short: pug). Searched: data/raw/stanford/n02085620-Chihuahua (3 files: 3 also filed as pug)` |
+| 50 | two breeds mapped to one folder        | `... 'data.dbi.folders' maps two breeds to the folder 'labrador' (golden_retriever, labrador_retriever); each breed needs a folder of its own` |
+| 51 | a manifest without one of the breeds   | split: `breed 'pug' has 0 image(s) after merge; a stratified train/val/test split needs at least 3 per breed ('split.min_per_breed' 1 in each; see data/merged/rejected.csv and the source's 'data.<source>.folders')` |
+| 52 | HTTP 200 with an HTML page for `images.tar` | `params: 'data.stanford.url': <url> sent an HTML page of 55 bytes, not a tar archive (an error or login page saved in its place?); the download was deleted (run again once the server sends the archive)`; nothing cached, the next run after the server is fixed downloads the archive |
+| 53 | an HTML page cached by an older version | warning `data.stanford.url: <cache> downloaded earlier is an HTML page of 55 bytes, not a tar archive (...); fetching it again`, then the archive |
+| 54 | a zip named `.tar`                     | `data.stanford: <path> is a zip archive of 14 KiB, not a tar archive; name it .zip to use it as one` |
+| 55 | a FIFO as the url                      | `params: 'data.stanford.url': <path> is a FIFO (named pipe), not an archive file or a directory` (no hang) |
+| 56 | `file:///dev/zero` as the url          | `params: 'data.stanford.url': /dev/zero is a character device, not an archive file or a directory` (no hang) |
+| 57 | a PNG named `.tar`                     | `data.stanford: <path> is a PNG image of 3350 bytes, not a tar archive`, before a byte is hashed |
+| 58 | a member over `data.extract.max_member_mib` | skipped unread: `too_large: over 0.01 MiB (data.extract.max_member_mib)` |
+| 59 | a zip member that expands 1000-fold    | skipped, nothing past 1 MiB written: `compression_ratio: expands over 100-fold (data.extract.max_ratio)` |
+| 60 | a tar.gz bomb                          | `data.stanford: <path> expands over 100-fold ('data.extract.max_ratio') by Images/n02085620-Chihuahua/bomb.jpg: a decompression bomb, not a photo archive (nothing was kept)` |
+| 61 | more than `data.extract.max_total_mib` in all | `data.stanford: the sources would write more than 0.01 MiB ('data.extract.max_total_mib'); stopped before Images/n02085620-Chihuahua/more.jpg (nothing was kept; raise the cap if the data really are that big)` |
+| 62 | a latin-1 member name (`caf\xe9.jpg`)  | written as `café.jpg`, listed in `data/raw/<source>/renamed.csv` (`Images/<folder>/caf\xe9.jpg,Images/<folder>/café.jpg`) |
+| 63 | a member name over 255 bytes           | skipped: `name_too_long: over 255 bytes`; the other members extracted |
+| 64 | a tar holding one name twice           | the last copy kept, as `tar x`; the first listed: `duplicate_name: replaced by a later member of the same name` |
+| 65 | an unreadable file in a directory source | skipped: `unreadable: Permission denied` |
+| 66 | an unreadable breed folder in a directory source | skipped: `unreadable_folder: Permission denied`; warning `stanford: folder n02110958-pug is unreadable (Permission denied); its breed gets no images here` |
+| 67 | `data.synthetic.seed: -1`              | `... 'data.synthetic.seed' must be >= 0, got -1` |
+| 68 | `split.seed: -1`                       | `... 'split.seed' must be >= 0, got -1` |
+| 69 | `deform.affine.scale: [1.15, 0.85]`    | `... 'deform.affine.scale' must be [low, high] with 0 < low <= high, got [1.15, 0.85]` |
+| 70 | `train.batch_size: 1` at `model.resolution: 16` | `... 'train.batch_size' 1 at 'model.resolution' 16 gives BatchNorm one value per channel (the last feature map is 1x1); use a batch of 2 or more, or a resolution of 17 or more` |
+| 71 | `train.one_cycle.pct_start: 1.0`       | `... 'train.one_cycle.pct_start' must be < 1, got 1.0` |
+| 72 | `deform.elastic.sigma: 0`              | `... 'deform.elastic.sigma' must be > 0, got 0` |
+| 73 | float TIFF with pixels in [0, 1]       | RGB, scaled by 255 (Pillow alone: all black)                         |
+| 74 | float TIFF from -5 to 995              | rejected: `float pixels from -5 to 995: neither [0, 1] nor [0, 255], no known scale` |
+| 75 | int32 TIFF beyond 16 bits              | rejected: `32-bit integer pixels up to 2147483647: beyond 16 bits, no known scale` (Pillow alone: mostly white) |
+| 76 | 1x1 and 20000x1 images                 | rejected: `too_small: 1x1, a side under 32 px (merge.min_side)`, `too_small: 20000x1, ...` |
+| 77 | a 400x50 strip                         | rejected: `too_elongated: 400x50, 8 times longer than wide (merge.max_aspect 4)` |
+
+Rows 47-77 (round three, issue 32) are the tests below the corrupted files, in order; every
+params row is also drawn from by `tests/test_params_property.py`.
 
 Rows 1-16 are `test_images`, 17-24 `test_archive_members`, 25-28 `test_broken_archives`,
 29-36 `test_params` (and, as a stage run, `test_a_bad_param_stops_the_stage_in_one_line`),
@@ -70,6 +104,7 @@ from __future__ import annotations
 import copy
 import csv
 import gzip
+import http.server
 import io
 import os
 import re
@@ -78,6 +113,7 @@ import struct
 import subprocess
 import sys
 import tarfile
+import threading
 import zipfile
 import zlib
 from pathlib import Path
@@ -89,7 +125,7 @@ from datagen import STANFORD_CHIHUAHUA, encode, jpeg, photo, rotated_jpeg, set_k
 from PIL import Image
 
 from dogbreeds.data.images import UnreadableImage, decode_rgb
-from dogbreeds.data.sources import fetch_source
+from dogbreeds.data.sources import SourceError, fetch_source
 from dogbreeds.params import ParamsError, parse_params, select_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -552,3 +588,452 @@ def test_an_mlflow_store_that_is_not_a_database_names_the_file_and_a_way_out(
     again = train_stage(dvc_repo, "again")
     assert again.returncode == 0, again.stderr
     assert (dvc_repo / "again" / CHECKPOINT).is_file() and db.is_file()
+
+
+# ----------------------------------------------------------------------------- round three (47-78)
+
+BREEDS = TREE["data"]["breeds"]
+
+
+def stanford_raw(root: Path, files_per_breed: int = 3, skip: tuple[str, ...] = ()) -> dict:
+    """data/raw/stanford as the download stage leaves it: 3 distinct photos per breed folder."""
+    files = {}
+    for n, breed in enumerate(BREEDS):
+        if breed not in skip:
+            for i in range(files_per_breed):
+                files[f"{FOLDERS[breed]}/{i}.jpg"] = jpeg(1000 + 10 * n + i)
+    for name, data in files.items():
+        path = root / "data" / "raw" / "stanford" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return files
+
+
+def stanford_only(tmp_path: Path, **updates) -> None:
+    params = set_keys(copy.deepcopy(TREE), {"data.sources": ["stanford"], **updates})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+PUG = FOLDERS["pug"]
+CHIHUAHUA = FOLDERS["chihuahua"]
+SHORT = "breed 'pug' has 0 image(s) after merge; train, val and test need 1 each ('split.min_per_breed'), so at least 3. Searched: data/raw/stanford/"
+
+
+def bad_pug_folder(raw: Path, row: str) -> None:
+    """Rows 47-49: the pug folder missing, all unreadable, or all copies of chihuahua photos."""
+    folder = raw / "data" / "raw" / "stanford" / PUG
+    if row == "missing":
+        for path in folder.iterdir():
+            path.unlink()
+        folder.rmdir()
+    elif row == "unreadable":
+        for path in folder.iterdir():
+            path.write_bytes(b"<html>Not Found</html>")
+    else:
+        for path, copy_from in zip(
+            sorted(folder.iterdir()), sorted((folder.parent / CHIHUAHUA).iterdir()), strict=True
+        ):
+            path.write_bytes(copy_from.read_bytes())
+
+
+BREED_ROWS = {  # row: the end of the merge stage's one line
+    "missing": f"{SHORT}{PUG} (missing)",
+    "unreadable": f"{SHORT}{PUG} (3 files: 3 unreadable)",
+    # a label conflict drops every copy: chihuahua, first in label order, is named
+    "duplicates": SHORT.replace("'pug'", "'chihuahua'").replace("3. ", "3 (also short: pug). ")
+    + f"{CHIHUAHUA} (3 files: 3 also filed as pug)",
+}
+
+
+@pytest.mark.parametrize("row", BREED_ROWS)
+def test_a_breed_with_no_images_stops_the_merge_stage(row: str, tmp_path: Path) -> None:
+    stanford_raw(tmp_path)
+    bad_pug_folder(tmp_path, row)
+    stanford_only(tmp_path)
+
+    line = one_error_line(stage("merge", tmp_path))
+
+    assert line == f"error: {BREED_ROWS[row]}"
+    assert not (tmp_path / "data" / "merged").exists()
+
+
+def test_a_breed_missing_from_the_manifest_stops_the_split_stage(tmp_path: Path) -> None:
+    """Row 51: a manifest made before this check (or by hand) that lacks a breed entirely."""
+    rows = [
+        {"id": f"{n}{i}", "breed": b, "label": n, "source": "stanford", "path": f"{b}/{i}.jpg",
+         "sha256": "0" * 64, "width": 48, "height": 48}
+        for n, b in enumerate(BREEDS) if b != "pug" for i in range(8)
+    ]  # fmt: skip
+    (tmp_path / "data" / "merged").mkdir(parents=True)
+    with open(tmp_path / "data" / "merged" / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    stanford_only(tmp_path)
+
+    line = one_error_line(stage("split", tmp_path))
+
+    assert line == (
+        "error: breed 'pug' has 0 image(s) after merge; a stratified train/val/test split needs "
+        "at least 3 per breed ('split.min_per_breed' 1 in each; see data/merged/rejected.csv and "
+        "the source's 'data.<source>.folders')"
+    )
+    assert not (tmp_path / "data" / "split").exists()
+
+
+class PageHandler(http.server.BaseHTTPRequestHandler):
+    """Answers 200 with `body` for any path, as a server behind a login or a rate limit does."""
+
+    body = b""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def page_server(monkeypatch: pytest.MonkeyPatch):
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PageHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/images.tar"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+PAGE = b"<!DOCTYPE html><html><body>Please sign in</body></html>"
+
+
+def test_an_html_page_served_as_the_archive_is_never_cached(
+    page_server: str, tmp_path: Path
+) -> None:
+    """Row 52: 200 with an HTML page; the page is deleted, and once the server sends the archive
+    the next run uses it."""
+    downloads = tmp_path / "downloads"
+    PageHandler.body = PAGE
+    with pytest.raises(SourceError) as error:
+        fetch_source("stanford", source(page_server), tmp_path / "a", downloads)
+    assert str(error.value) == (
+        f"params: 'data.stanford.url': {page_server} sent an HTML page of 55 bytes, not a tar "
+        "archive (an error or login page saved in its place?); the download was deleted (run "
+        "again once the server sends the archive)"
+    )
+    assert list(downloads.iterdir()) == []
+
+    PageHandler.body = TAR  # the server is fixed
+    assert fetch_source("stanford", source(page_server), tmp_path / "b", downloads) == 10
+
+
+def test_a_page_cached_by_an_older_version_is_fetched_again(
+    page_server: str, tmp_path: Path, caplog
+) -> None:
+    """Row 53: the poisoned cache of earlier versions is recognised and replaced."""
+    from dogbreeds.data.sources import download_path
+
+    cached = download_path(page_server, tmp_path / "downloads", "stanford")
+    cached.parent.mkdir()
+    cached.write_bytes(PAGE)
+    PageHandler.body = TAR
+
+    assert (
+        fetch_source("stanford", source(page_server), tmp_path / "a", tmp_path / "downloads") == 10
+    )
+    assert cached.read_bytes() == TAR
+    assert "downloaded earlier is an HTML page of 55 bytes, not a tar archive" in caplog.text
+
+
+def zip_bytes(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+LOCAL = {  # row: (what the url names, given tmp_path; the line after "params: 'data.stanford.url': ")
+    "zip named .tar": (
+        lambda tmp: tmp / "images.tar",
+        "{path} is a zip archive of {size}, not a tar archive; name it .zip to use it as one",
+    ),
+    "fifo": (
+        lambda tmp: fifo(tmp / "images.tar"),
+        "{path} is a FIFO (named pipe), not an archive file or a directory",
+    ),
+    "dev zero": (
+        lambda tmp: Path("/dev/zero"),
+        "{path} is a character device, not an archive file or a directory",
+    ),
+    "png named .tar": (
+        lambda tmp: tmp / "images.tar",
+        "{path} is a PNG image of {size}, not a tar archive",
+    ),
+}
+
+
+@pytest.mark.parametrize("row", LOCAL)
+def test_a_local_source_is_judged_by_its_type_and_first_bytes(
+    row: str, tmp_path: Path, monkeypatch
+) -> None:
+    """Rows 54-57: nothing is hashed or opened for reading before its kind is known (a FIFO
+    or /dev/zero would block or run forever)."""
+    from dogbreeds.data import sources
+
+    make, message = LOCAL[row]
+    path = make(tmp_path)
+    if row == "zip named .tar":
+        path.write_bytes(zip_bytes(stanford_files()))
+    elif row == "png named .tar":
+        path.write_bytes(encode(photo(3), "PNG"))
+    monkeypatch.setattr(sources, "sha256_of", lambda p: pytest.fail(f"{p} was hashed"))
+    size = sources.amount(path.stat().st_size) if path.is_file() else ""
+    prefix = (
+        "data.stanford: "
+        if row in ("zip named .tar", "png named .tar")
+        else "params: 'data.stanford.url': "
+    )
+
+    with pytest.raises(SourceError) as error:
+        fetch_source(
+            "stanford",
+            source(path.as_uri() if row == "dev zero" else path),
+            tmp_path / "o",
+            tmp_path / "d",
+        )
+
+    assert str(error.value) == prefix + message.format(path=path, size=size)
+
+
+def tar_of(path: Path, members: list[tuple[str, bytes]], mode: str = "w", **options) -> Path:
+    with tarfile.open(path, mode, **options) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+GOOD = f"Images/{CHIHUAHUA}/good.jpg"
+BIG = 3 << 20  # zeros: a bomb at any ratio cap, past the 1 MiB slack
+
+
+def budget_source(tmp_path: Path, row: str) -> Path:
+    if row == "member too large":
+        return tar_of(
+            tmp_path / "images.tar",
+            [(GOOD, GOOD_JPEG), (f"Images/{CHIHUAHUA}/big.jpg", os.urandom(20_000))],
+        )
+    if row == "zip bomb member":
+        archive = tmp_path / "images.zip"
+        archive.write_bytes(
+            zip_bytes({GOOD: GOOD_JPEG, f"Images/{CHIHUAHUA}/bomb.jpg": bytes(BIG)})
+        )
+        return archive
+    if row == "tar.gz bomb":
+        return tar_of(
+            tmp_path / "images.tar.gz",
+            [(GOOD, GOOD_JPEG), (f"Images/{CHIHUAHUA}/bomb.jpg", bytes(BIG))],
+            "w:gz",
+        )
+    return tar_of(
+        tmp_path / "images.tar",
+        [(GOOD, GOOD_JPEG), (f"Images/{CHIHUAHUA}/more.jpg", os.urandom(20_000))],
+    )
+
+
+BUDGET = {  # row: (data.extract, the skip reason of the member, or the stage's line)
+    "member too large": ({"max_member_mib": 0.01}, "too_large: over 0.01 MiB (data.extract.max_member_mib)"),
+    "zip bomb member": ({}, "compression_ratio: expands over 100-fold (data.extract.max_ratio)"),
+    "tar.gz bomb": ({}, "error: data.stanford: {archive} expands over 100-fold ('data.extract.max_ratio') by Images/n02085620-Chihuahua/bomb.jpg: a decompression bomb, not a photo archive (nothing was kept)"),
+    "total too large": ({"max_total_mib": 0.01}, "error: data.stanford: the sources would write more than 0.01 MiB ('data.extract.max_total_mib'); stopped before Images/n02085620-Chihuahua/more.jpg (nothing was kept; raise the cap if the data really are that big)"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("row", BUDGET)
+def test_extraction_stays_within_its_budget(row: str, tmp_path: Path) -> None:
+    """Rows 58-61: caps checked while streaming; a bad member is skipped unwritten, a bad
+    archive stops the stage with nothing kept."""
+    caps, expected = BUDGET[row]
+    archive = budget_source(tmp_path, row)
+    stanford_only(tmp_path, **{"data.stanford.url": str(archive), "data.stanford.sha256": ""},
+                  **{f"data.extract.{k}": v for k, v in caps.items()})  # fmt: skip
+
+    proc = stage("download", tmp_path)
+
+    if expected.startswith("error: "):
+        assert one_error_line(proc) == expected.format(archive=archive)
+        assert not (tmp_path / "data" / "raw").exists()
+        return
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "data" / "raw" / "stanford"
+    with open(out / "skipped.csv", newline="") as f:
+        skipped = {r["member"]: r["reason"] for r in csv.DictReader(f)}
+    assert list(skipped.values()) == [expected]
+    assert sorted(p.name for p in (out / CHIHUAHUA).iterdir()) == ["good.jpg"]
+
+
+def test_a_member_name_that_is_not_utf8_is_decoded_and_listed(tmp_path: Path) -> None:
+    """Row 62: an old Windows tar's latin-1 `café.jpg` is written as café.jpg (valid UTF-8,
+    which DVC and the csv files can hold) and listed in renamed.csv; merge reads it."""
+    archive = tar_of(tmp_path / "images.tar", [(f"Images/{CHIHUAHUA}/café.jpg", GOOD_JPEG)],
+                     format=tarfile.GNU_FORMAT, encoding="latin-1")  # fmt: skip
+    out = tmp_path / "raw" / "stanford"
+
+    fetch_source("stanford", source(archive), out, tmp_path / "dl")
+
+    assert [p.name for p in (out / CHIHUAHUA).iterdir()] == ["café.jpg"]
+    with open(out / "renamed.csv", newline="") as f:
+        assert list(csv.DictReader(f)) == [
+            {
+                "member": f"Images/{CHIHUAHUA}/caf\\xe9.jpg",
+                "written_as": f"Images/{CHIHUAHUA}/café.jpg",
+            }
+        ]
+    assert (out / "skipped.csv").read_text() == "member,reason\n"
+
+
+def test_an_over_long_member_name_is_skipped_and_the_rest_extracted(tmp_path: Path) -> None:
+    """Row 63: it once stopped the download as 'not a readable archive', naming a temporary."""
+    long_name = f"Images/{CHIHUAHUA}/{'x' * 300}.jpg"
+    archive = tar_of(tmp_path / "images.tar", [(long_name, GOOD_JPEG), (GOOD, GOOD_JPEG)])
+    out = tmp_path / "raw" / "stanford"
+
+    assert fetch_source("stanford", source(archive), out, tmp_path / "dl") == 1
+
+    with open(out / "skipped.csv", newline="") as f:
+        assert {r["member"]: r["reason"] for r in csv.DictReader(f)} == {
+            long_name: "name_too_long: over 255 bytes"
+        }
+
+
+def test_the_last_copy_of_a_repeated_member_name_wins(tmp_path: Path) -> None:
+    """Row 64: as `tar x` does; the earlier copy is listed."""
+    archive = tar_of(tmp_path / "images.tar", [(GOOD, b"first"), (GOOD, GOOD_JPEG)])
+    out = tmp_path / "raw" / "stanford"
+
+    assert fetch_source("stanford", source(archive), out, tmp_path / "dl") == 1
+
+    assert (out / CHIHUAHUA / "good.jpg").read_bytes() == GOOD_JPEG
+    with open(out / "skipped.csv", newline="") as f:
+        assert list(csv.DictReader(f)) == [
+            {
+                "member": GOOD,
+                "reason": "duplicate_name: replaced by a later member of the same name",
+            }
+        ]
+
+
+def test_an_unreadable_file_or_folder_of_a_directory_source_is_named(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """Rows 65-66: no PermissionError traceback. As root, chmod 000 stops nothing, so the
+    denial is injected where the OS would raise it (os.open, os.scandir)."""
+    tree = tmp_path / "dbi-copy"
+    for name, data in {f"{CHIHUAHUA}/a.jpg": GOOD_JPEG, f"{CHIHUAHUA}/secret.jpg": GOOD_JPEG,
+                       f"{PUG}/b.jpg": GOOD_JPEG}.items():  # fmt: skip
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_bytes(data)
+    real_open, real_scandir = os.open, os.scandir
+
+    def denied_open(path, *args, **kwargs):
+        if str(path).endswith("secret.jpg"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    def denied_scandir(path="."):
+        if str(path).endswith(PUG):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "open", denied_open)
+    monkeypatch.setattr(os, "scandir", denied_scandir)
+    out = tmp_path / "raw" / "stanford"
+
+    assert fetch_source("stanford", source(tree), out, tmp_path / "dl") == 1
+
+    with open(out / "skipped.csv", newline="") as f:
+        assert {r["member"]: r["reason"] for r in csv.DictReader(f)} == {
+            f"{CHIHUAHUA}/secret.jpg": "unreadable: Permission denied",
+            PUG: "unreadable_folder: Permission denied",
+        }
+    assert (
+        f"folder {PUG} is unreadable (Permission denied); its breed gets no images here"
+        in caplog.text
+    )
+
+
+PARAMS_ROUND_THREE = {  # row: (updates, the line's end) — rows 67-72
+    "synthetic seed -1": ({"data.synthetic.seed": -1}, "'data.synthetic.seed' must be >= 0, got -1"),
+    "split seed -1": ({"split.seed": -1}, "'split.seed' must be >= 0, got -1"),
+    "scale reversed": ({"deform.affine.scale": [1.15, 0.85]}, "'deform.affine.scale' must be [low, high] with 0 < low <= high, got [1.15, 0.85]"),
+    "batch 1 at 1x1": ({"train.batch_size": 1, "model.resolution": 16}, "'train.batch_size' 1 at 'model.resolution' 16 gives BatchNorm one value per channel (the last feature map is 1x1); use a batch of 2 or more, or a resolution of 17 or more"),
+    "pct_start 1": ({"train.one_cycle.pct_start": 1.0}, "'train.one_cycle.pct_start' must be < 1, got 1.0"),
+    "sigma 0": ({"deform.elastic.sigma": 0}, "'deform.elastic.sigma' must be > 0, got 0"),
+    "two breeds one folder": ({"data.dbi.folders.golden_retriever": "labrador"}, "'data.dbi.folders' maps two breeds to the folder 'labrador' (golden_retriever, labrador_retriever); each breed needs a folder of its own"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("row", PARAMS_ROUND_THREE)
+def test_params_that_once_crashed_later_are_refused_first(row: str, tmp_path: Path) -> None:
+    updates, message = PARAMS_ROUND_THREE[row]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(set_keys(copy.deepcopy(TREE), updates)))
+
+    line = one_error_line(stage("split", tmp_path))  # any stage: all read the whole file
+
+    assert line == f"error: params.yaml: params: {message}"
+
+
+def tiff(pixels: np.ndarray, mode: str) -> bytes:
+    return encode(Image.fromarray(pixels, mode), "TIFF")
+
+
+RAMP = np.linspace(0, 1, 48 * 36).reshape(36, 48)
+IMAGES_ROUND_THREE = {  # row: (bytes, None when usable, else the rejection reason) — rows 73-75
+    "float tiff in [0, 1]": (tiff(RAMP.astype(np.float32), "F"), None),
+    "float tiff, other range": (tiff((RAMP * 1000 - 5).astype(np.float32), "F"), "float pixels from -5 to 995: neither [0, 1] nor [0, 255], no known scale"),
+    "int32 tiff beyond 16 bits": (tiff((RAMP * (2**31 - 1)).astype(np.int32), "I"), "32-bit integer pixels up to 2147483647: beyond 16 bits, no known scale"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("row", IMAGES_ROUND_THREE)
+def test_images_of_float_and_32_bit_pixels(row: str) -> None:
+    data, reason = IMAGES_ROUND_THREE[row]
+    if reason is not None:
+        with pytest.raises(UnreadableImage) as error:
+            decode_rgb(data)
+        assert str(error.value) == reason
+        return
+    pixels = np.asarray(decode_rgb(data)).astype(int)
+    assert pixels.min() == 0 and pixels.max() == 255 and 120 < pixels.mean() < 135  # the ramp
+
+
+def test_thumbnails_and_strips_are_rejected_and_listed(tmp_path: Path) -> None:
+    """Rows 76-77: 1x1 and 20000x1 were kept as training photos."""
+    stanford_raw(tmp_path)
+    folder = tmp_path / "data" / "raw" / "stanford" / PUG
+    (folder / "dot.png").write_bytes(encode(Image.new("RGB", (1, 1), (90, 40, 10)), "PNG"))
+    (folder / "line.png").write_bytes(encode(Image.new("RGB", (20_000, 1), (90, 40, 10)), "PNG"))
+    (folder / "strip.png").write_bytes(encode(photo(40, size=(400, 50)), "PNG"))
+    stanford_only(tmp_path)
+
+    proc = stage("merge", tmp_path)
+
+    assert proc.returncode == 0, proc.stderr
+    with open(tmp_path / "data" / "merged" / "rejected.csv", newline="") as f:
+        rejected = {Path(r["path"]).name: r["reason"] for r in csv.DictReader(f)}
+    assert rejected == {
+        "dot.png": "too_small: 1x1, a side under 32 px (merge.min_side)",
+        "line.png": "too_small: 20000x1, a side under 32 px (merge.min_side)",
+        "strip.png": "too_elongated: 400x50, 8 times longer than wide (merge.max_aspect 4)",
+    }

@@ -27,6 +27,7 @@ from dogbreeds.commands.compare import (
     results_of,
     with_sizes,
 )
+from dogbreeds.commands.compare import main as compare_main
 from dogbreeds.commands.grid import GridError, grid_points, schedule_overrides
 from dogbreeds.nets.models import net_size
 
@@ -61,83 +62,92 @@ def test_the_grid_keeps_one_schedule_by_deleting_the_others():
         schedule_overrides(params, "s9")
 
 
-def state(width: float, side: int, test_acc: float | None, **extra_metrics) -> dict:
-    """One experiment as `dvc exp show --json` describes it: params and metrics files."""
-    params = {
-        "model": {"width_mult": width, "resolution": side, "offset_lr_mult": 0.1},
-        "train": {"archs": ["dsc"], "schedules": {"s1": {"epochs": [1]}}, "seed": 0},
-    }
-    evaluation = {"test_acc": test_acc, "clean_test_acc": 0.5, "per_class_test_acc": {"pug": 1}}
-    metrics = {
-        "metrics/eval/dsc-s1.json": {"data": evaluation} if test_acc is not None else {},
-        "metrics/train/dsc-s1.json": {"data": {"val_acc": 0.25, "wall_time_s": 3.0}},
-        **extra_metrics,
-    }
-    return {"params": {"params.yaml": {"data": params}}, "metrics": metrics}
+DVC_YAML = """\
+stages:
+  report:
+    cmd: "true"
+    params:
+      - model
+      - train
+    metrics:
+      - metrics/headline.json:
+          cache: false
+      - metrics/eval/dsc-s1.json:
+          cache: false
+      - metrics/train/dsc-s1.json:
+          cache: false
+"""
 
 
-def test_collect_reads_the_headline_means_over_seeds():
-    headline = {
-        "dsc": {"s1": {"test_acc": 0.6, "clean_test_acc": 0.7, "val_acc": 0.5, "wall_time_s": 42.0}}
-    }
-    shown = [
-        {
-            "rev": "workspace",
-            "name": None,
-            "data": {
-                "params": state(1.0, 32, None)["params"],
-                "metrics": {"metrics/headline.json": {"data": headline}},
-            },
-        }
-    ]
-    (result,) = collect(shown)
-    assert (result.test_acc, result.clean_test_acc) == (0.6, 0.7)
-    assert (result.val_acc, result.train_seconds) == (0.5, 42.0)  # means over seeds
+@pytest.fixture(scope="module")
+def experiments(tmp_path_factory) -> Path:
+    """A DVC repository with a baseline, three saved experiments (headline metrics; per-run
+    metrics from before seeds; params without model.resolution) and a queued one; the
+    workspace holds the last experiment's files. Nothing is trained: `dvc exp save`."""
+    repo = tmp_path_factory.mktemp("experiments")
+
+    def study(width: float, side: int | None, headline: dict, **per_run: dict) -> None:
+        model = {"width_mult": width} | ({"resolution": side} if side else {})
+        train = {"archs": ["dsc"], "schedules": {"s1": {"epochs": [1]}}}
+        (repo / "params.yaml").write_text(yaml.safe_dump({"model": model, "train": train}))
+        (repo / "metrics/eval").mkdir(parents=True, exist_ok=True)
+        (repo / "metrics/train").mkdir(parents=True, exist_ok=True)
+        (repo / "metrics/headline.json").write_text(json.dumps(headline))
+        for stage in ("eval", "train"):  # {}: DVC saves no experiment without its outputs
+            (repo / "metrics" / stage / "dsc-s1.json").write_text(
+                json.dumps(per_run.get(stage, {}))
+            )
+        run(["git", "add", "-A"], repo)
+
+    def cell(test_acc: float, seconds: float) -> dict:
+        means = {"test_acc": test_acc, "clean_test_acc": test_acc + 0.1, "val_acc": 0.5}
+        return {"dsc": {"s1": {**means, "wall_time_s": seconds}}}
+
+    run(["git", "init", "-q", "-b", "main"], repo)
+    run(["dvc", "init", "-q"], repo)
+    (repo / "dvc.yaml").write_text(DVC_YAML)
+    study(1.0, 32, cell(0.6, 42.0))
+    run(["git", "commit", "-qm", "baseline"], repo)
+    study(
+        0.25, 24, {},
+        eval={"test_acc": 0.4, "clean_test_acc": 0.45}, train={"val_acc": 0.3, "wall_time_s": 3.0},
+    )  # fmt: skip
+    run(["dvc", "exp", "save", "-n", "exp-legacy"], repo)
+    study(0.75, None, cell(0.7, 1.0))
+    run(["dvc", "exp", "save", "-n", "exp-broken"], repo)
+    study(0.5, 32, cell(0.5, 40.0))
+    run(["dvc", "exp", "run", "--queue", "-n", "exp-q", "-S", "model.width_mult=0.1"], repo)
+    run(["dvc", "exp", "save", "-n", "exp-b"], repo)
+    return repo
 
 
-def test_collect_reads_finished_experiments_and_skips_the_rest():
-    shown = [
-        {"rev": "workspace", "name": None, "data": state(1.0, 32, 0.75)},  # = exp-a's point
-        {
-            "rev": "abc1234def",
-            "name": "main",
-            "data": state(1.0, 32, None),  # the baseline was never reproduced
-            "experiments": [
-                {"name": "exp-a", "executor": None, "revs": [{"name": "exp-a", "data": state(
-                    1.0, 32, 0.75, **{"metrics/extra.json": {"data": {"x": 1}}})}]},
-                {"name": "exp-b", "executor": {"state": "success"},
-                 "revs": [{"name": "exp-b", "data": state(0.5, 24, 0.5)}]},
-                {"name": "exp-q", "executor": {"state": "queued"}, "revs": []},
-                {"name": "exp-f", "executor": {"state": "failed"},
-                 "revs": [{"name": "exp-f", "data": state(0.25, 24, 0.1)}]},
-            ],
-        },
-    ]  # fmt: skip
-    results = collect(shown)
+def test_compare_reads_the_experiments_through_dvc_api(experiments, caplog):
+    rows = exp_show(experiments)
+    assert {r["Experiment"] for r in rows} == {None, "exp-legacy", "exp-broken", "exp-q", "exp-b"}
+    results = collect(rows)
     assert [(r.experiment, r.width_mult, r.resolution, r.test_acc) for r in results] == [
-        ("exp-a", 1.0, 32, 0.75),  # the named experiment wins over the workspace
-        ("exp-b", 0.5, 24, 0.5),
-    ]
-    assert (results[0].clean_test_acc, results[0].val_acc, results[0].train_seconds) == (
-        0.5,
-        0.25,
-        3.0,
-    )
-    assert [r.experiment for r in collect(shown, select="-b$")] == ["exp-b"]
-
-
-def test_a_missing_param_names_the_experiment_and_the_key(caplog):
-    broken = state(1.0, 32, 0.5)
-    del broken["params"]["params.yaml"]["data"]["model"]["resolution"]
+        ("main", 1.0, 32, 0.6),  # the baseline's own results
+        ("exp-b", 0.5, 32, 0.5),  # the named experiment wins over the workspace, its copy
+        ("exp-legacy", 0.25, 24, 0.4),  # per-run files, from before seeds
+    ]  # the queued experiment has no results; exp-broken lacks a param
+    assert "skipping exp-broken: params.yaml has no 'model.resolution'" in caplog.text
+    main, exp_b, legacy = results
+    assert (main.clean_test_acc, main.val_acc, main.train_seconds) == (0.7, 0.5, 42.0)
+    assert (legacy.clean_test_acc, legacy.val_acc, legacy.train_seconds) == (0.45, 0.3, 3.0)
+    assert [r.experiment for r in collect(rows, select="-b$")] == ["exp-b"]
+    broken = next(r for r in rows if r["Experiment"] == "exp-broken")
     with pytest.raises(CompareError, match="exp-x: params.yaml has no 'model.resolution'"):
         results_of("exp-x", broken)
-    # among other experiments (an old commit under -A), it is skipped with that warning
-    shown = [
-        {"rev": "abc", "name": "old", "data": broken},
-        {"rev": "def", "data": state(1, 32, 0.5)},
-    ]
-    assert [r.experiment for r in collect(shown)] == ["def"]
-    assert "skipping old: params.yaml has no 'model.resolution'" in caplog.text
+
+
+def test_the_compare_command_writes_the_table_and_figures(experiments, tmp_path, capsys):
+    table = tmp_path / "table.md"
+    compare_main(["--repo", str(experiments), "--out-dir", str(tmp_path), "--table", str(table)])
+    rows = table_rows(table.read_text())
+    assert rows["0.5 dsc-32"][0] == "0.5000" and rows["0.5 dsc-32"][-1] == "exp-b"
+    assert rows["0.25 dsc-24"][:3] == ["0.4000", "0.4500", "0.3000"]
+    assert (tmp_path / "accuracy-vs-macs.png").exists()
+    assert table.read_text().strip() in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -217,7 +227,7 @@ def test_a_queued_2x2_grid_is_compared_in_figures_and_table(project: Path):
         assert Image.open(png).format == "PNG"
         assert pixels_of(png, NET_RGB["cnn"]) > 50 and pixels_of(png, NET_RGB["dsc"]) > 50
         assert pixels_of(png, NET_RGB["deformable"]) == 0  # not in this grid
-    results = with_sizes(collect(exp_show(project, [])))
+    results = with_sizes(collect(exp_show(project)))
     assert markdown_table(results) == table.strip()
     figure = draw(results, "macs")
     lines = {line.get_label(): line for line in figure.axes[0].get_lines()}

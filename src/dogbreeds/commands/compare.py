@@ -6,8 +6,9 @@ MobileNet shrinks its net with a width multiplier alpha and a smaller input side
 result as accuracy against multiply-adds and parameters. This command does the same for any set
 of DVC experiments (the grid that `python -m dogbreeds grid` queues, or any others):
 
-1. `dvc exp show --json` lists the experiments with their params and metrics (the metrics
-   files are committed to every experiment, so nothing has to be checked out);
+1. `dvc.api.exp_show` lists the experiments with their params and metrics, one row each as
+   `dvc exp show` prints them (the metrics files are committed to every experiment, so
+   nothing has to be checked out);
 2. each experiment's params `train.archs` x `train.schedules` name its cells, and
    `metrics/headline.json` (the study's only DVC metrics file: test_acc, clean_test_acc,
    val_acc and wall_time_s per net and schedule, means over `train.seeds`) gives their
@@ -29,7 +30,7 @@ run id) in their metrics files, which exist even when DVC's run cache skipped a 
 from __future__ import annotations
 
 import argparse
-import json
+import ast
 import logging
 import re
 import subprocess
@@ -89,25 +90,42 @@ class Result:
 # ----------------------------------------------------------------------------- reading DVC
 
 
-def exp_show(repo: Path, dvc_args: list[str]) -> list[dict]:
-    """`dvc exp show --json` in `repo` (with e.g. --all-commits or --rev), parsed."""
-    command = [sys.executable, "-m", "dvc", "exp", "show", "--json", *dvc_args]
-    proc = subprocess.run(command, cwd=repo, capture_output=True, text=True)
-    if proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip().splitlines()
-        raise CompareError(f"dvc exp show failed in {repo}: {detail[-1] if detail else '?'}")
+def exp_show(repo: Path, revs: list[str] | None = None, num: int = 1) -> list[dict]:
+    """`dvc.api.exp_show` in `repo`: the experiments of `revs` (default HEAD; `num` commits
+    back from each), their baselines and the workspace, one flat row each.
+
+    A row is `dvc exp show`'s table: "Experiment" (None for a baseline), "rev", "typ"
+    ("baseline", "branch_commit", "branch_base"), "State" (None once finished), then one
+    column per param and metric, named by its dotted key (`file:key` where two files share
+    the key), numbers as floats and anything else as its text ("['cnn', 'dsc']", "None").
+    """
+    import dvc.api
+    from dvc.exceptions import DvcException
+    from scmrepo.exceptions import SCMError
+
     try:
-        return json.loads(proc.stdout)
-    except json.JSONDecodeError as exc:
-        raise CompareError(f"dvc exp show in {repo} did not print JSON ({exc})") from exc
+        return dvc.api.exp_show(repo=str(repo), revs=revs or None, num=num)
+    except (DvcException, SCMError) as exc:
+        raise CompareError(f"dvc.api.exp_show failed in {repo}: {exc}") from exc
+
+
+def branch_and_tag_commits(repo: Path) -> list[str]:
+    """Every commit on a branch or a tag: the baselines `dvc exp show -A` looks at."""
+    proc = subprocess.run(
+        ["git", "-C", str(repo), "rev-list", "--branches", "--tags"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise CompareError(f"git rev-list failed in {repo}: {proc.stderr.strip()}")
+    return proc.stdout.split()
 
 
 def experiment_baselines(repo: Path) -> list[str]:
     """Every commit that has experiments, found through the experiments' own git refs.
 
     `dvc exp show -A` looks only at commits on branches and tags, so it misses experiments
-    whose baseline was rebased away while a long queue ran; passing each baseline as
-    `--rev` finds them all.
+    whose baseline was rebased away while a long queue ran; passing each baseline as a rev
+    finds them all.
     """
     from dvc.repo import Repo
 
@@ -115,74 +133,92 @@ def experiment_baselines(repo: Path) -> list[str]:
         return sorted(dvc_repo.experiments.ls(all_commits=True))
 
 
-def experiment_states(shown: list[dict]) -> Iterator[tuple[str, dict]]:
-    """(name, state) of every experiment with results: the experiments first, then their
+def experiment_states(rows: list[dict]) -> Iterator[tuple[str, dict]]:
+    """(name, row) of every experiment with results: the experiments first, then their
     baseline commits, then the workspace, so that a named experiment wins a tie.
 
     Queued, running and failed experiments have no results yet and are skipped.
     """
     baselines: list[tuple[str, dict]] = []
-    for baseline in shown:
-        rev = str(baseline.get("rev", "?"))
-        label = baseline.get("name") or (rev if rev == "workspace" else rev[:7])
-        baselines.append((label, baseline.get("data") or {}))
-        for experiment in baseline.get("experiments") or []:
-            name = experiment.get("name") or "?"
-            state = (experiment.get("executor") or {}).get("state") or "success"
-            revs = experiment.get("revs") or []
-            if state != "success" or not revs:
-                log.info("skipping experiment %s: %s", name, state)
-                continue
-            yield revs[0].get("name") or name, revs[0].get("data") or {}
+    for row in rows:
+        rev = str(row.get("rev") or "?")
+        if row.get("typ") == "baseline":  # a branch's name, a commit's short sha, "workspace"
+            baselines.append((rev, row))
+            continue
+        name = row.get("Experiment") or rev
+        state = row.get("State")
+        if state not in (None, "Success") or row.get("Created") is None:
+            log.info("skipping experiment %s: %s", name, state or "no results")
+            continue
+        yield name, row
     workspace = [b for b in baselines if b[0] == "workspace"]
     yield from [b for b in baselines if b[0] != "workspace"] + workspace
 
 
-def param(params: dict, key: str, where: str):
+def value(text):
+    """A cell as DVC wrote it back into a value: "['cnn']" is a list, "None" is None."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def column(row: dict, path: str, key: str):
+    """The value of `key` in the file `path` of one row: DVC names the column `key`, or
+    `path:key` where another file has the same key."""
+    for name in (f"{path}:{key}", key):
+        if name in row:
+            return value(row[name])
+    return None
+
+
+def param(row: dict, key: str, where: str):
     """A dotted key of params.yaml in one experiment, failing with both named."""
-    node = params
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise CompareError(f"{where}: params.yaml has no '{key}'")
-        node = node[part]
-    return node
+    found = column(row, "params.yaml", key)
+    if found is None:
+        raise CompareError(f"{where}: params.yaml has no '{key}'")
+    return found
 
 
-def metrics_file(metrics: dict, path: str) -> dict | None:
-    """The content of one metrics file of an experiment, or None where it is absent."""
-    entry = metrics.get(path) or {}
-    data = entry.get("data")
-    return data if isinstance(data, dict) else None
+def schedules_of(row: dict) -> list[str]:
+    """The experiment's train.schedules: the columns train.schedules.<name>.epochs it fills
+    (the table has the columns of every experiment shown)."""
+    pattern = re.compile(r"^(?:params\.yaml:)?train\.schedules\.([^.]+)\.epochs$")
+    names = [m[1] for key in row if (m := pattern.match(key)) and value(row[key]) is not None]
+    return list(dict.fromkeys(names))
 
 
-def number(data: dict | None, key: str) -> float | None:
-    value = (data or {}).get(key)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+def number(row: dict, path: str, key: str) -> float | None:
+    found = column(row, path, key)
+    return float(found) if isinstance(found, (int, float)) and not isinstance(found, bool) else None
 
 
-def results_of(name: str, state: dict) -> list[Result]:
+def results_of(name: str, row: dict) -> list[Result]:
     """Every evaluated run of one experiment; runs without an evaluation are left out."""
-    params = ((state.get("params") or {}).get("params.yaml") or {}).get("data")
-    if not params:
-        log.debug("%s: no params.yaml", name)
-        return []
-    metrics = state.get("metrics") or {}
-    headline = metrics_file(metrics, "metrics/headline.json")  # means over seeds
-    width = float(param(params, "model.width_mult", name))
-    side = int(param(params, "model.resolution", name))
+    width = float(param(row, "model.width_mult", name))
+    side = int(param(row, "model.resolution", name))
+    archs = param(row, "train.archs", name)
+    schedules = schedules_of(row)
+    if not schedules:
+        raise CompareError(f"{name}: params.yaml has no 'train.schedules'")
     results = []
-    for arch in param(params, "train.archs", name):
-        for schedule in param(params, "train.schedules", name):
+    for arch in archs:
+        for schedule in schedules:
             run = pre_seed_run_name(arch, schedule)
-            evaluation = (headline or {}).get(arch, {}).get(schedule)
-            if not isinstance(evaluation, dict):  # an experiment from before seeds
-                evaluation = metrics_file(metrics, f"metrics/eval/{run}.json")
-            test_acc = number(evaluation, "test_acc")
+            # metrics/headline.json: means over seeds; before seeds, one file per run
+            headline = f"{arch}.{schedule}."
+            test_acc = number(row, "metrics/headline.json", f"{headline}test_acc")
+            if test_acc is not None:
+                evaluation = training = ("metrics/headline.json", headline)
+            else:
+                evaluation = (f"metrics/eval/{run}.json", "")
+                training = (f"metrics/train/{run}.json", "")
+                test_acc = number(row, evaluation[0], "test_acc")
             if test_acc is None:
-                log.debug("%s %s: no test_acc in metrics/eval/%s.json", name, run, run)
+                log.debug("%s %s: no test_acc", name, run)
                 continue
-            # val acc and train time: per run before seeds, means over seeds in the headline
-            training = metrics_file(metrics, f"metrics/train/{run}.json") or evaluation
             results.append(
                 Result(
                     experiment=name,
@@ -191,27 +227,27 @@ def results_of(name: str, state: dict) -> list[Result]:
                     width_mult=width,
                     resolution=side,
                     test_acc=test_acc,
-                    clean_test_acc=number(evaluation, "clean_test_acc"),
-                    val_acc=number(training, "val_acc"),
-                    train_seconds=number(training, "wall_time_s"),
+                    clean_test_acc=number(row, evaluation[0], f"{evaluation[1]}clean_test_acc"),
+                    val_acc=number(row, training[0], f"{training[1]}val_acc"),
+                    train_seconds=number(row, training[0], f"{training[1]}wall_time_s"),
                 )
             )
     return results
 
 
-def collect(shown: list[dict], select: str | None = None) -> list[Result]:
-    """One result per (net, schedule, alpha, side) from `dvc exp show --json` output.
+def collect(rows: list[dict], select: str | None = None) -> list[Result]:
+    """One result per (net, schedule, alpha, side) from `exp_show`'s rows.
 
     `select` is a regex on the experiment's name. Experiments whose params lack a key this
     needs are skipped with a warning. Where two experiments hold the same point
     (the workspace after `dvc exp apply`, a rerun), the first is kept and the other logged.
     """
     kept: dict[tuple, Result] = {}
-    for name, state in experiment_states(shown):
+    for name, row in experiment_states(rows):
         if select and not re.search(select, name):
             continue
         try:
-            results = results_of(name, state)
+            results = results_of(name, row)
         except CompareError as exc:  # e.g. a commit from before a param existed (-A)
             log.warning("skipping %s", exc)
             continue
@@ -349,17 +385,18 @@ def save_figures(results: list[Result], out_dir: Path, metric: str) -> list[Path
 
 def compare(
     repo: Path,
-    dvc_args: list[str],
+    revs: list[str] | None,
     out_dir: Path,
     table_path: Path | None,
     select: str | None = None,
     metric: str = "test_acc",
+    num: int = 1,
 ) -> tuple[list[Result], str]:
     """Read the experiments, write both figures (and the table); returns results and table."""
-    results = with_sizes(collect(exp_show(repo, dvc_args), select))
+    results = with_sizes(collect(exp_show(repo, revs, num), select))
     if not results:
         which = f" matching {select!r}" if select else ""
-        raise CompareError(f"no evaluated experiments{which} in {repo} (dvc exp show --json)")
+        raise CompareError(f"no evaluated experiments{which} in {repo} (dvc exp show)")
     table = markdown_table(results)
     for path in save_figures(results, out_dir, metric):
         log.info("wrote %s", path)
@@ -394,15 +431,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    dvc_args = ["-A"] if args.all_commits else []
-    dvc_args += ["--rev", args.rev] if args.rev else []
-    dvc_args += ["-n", str(args.num)] if args.num is not None else []
-    if args.all_experiments:
-        dvc_args += [arg for rev in experiment_baselines(args.repo) for arg in ("--rev", rev)]
     out_dir = args.out_dir if args.out_dir.is_absolute() else args.repo / args.out_dir
     table = args.table if args.table.is_absolute() else args.repo / args.table
     try:
-        _, text = compare(args.repo, dvc_args, out_dir, table, args.experiments, args.metric)
+        revs = [args.rev] if args.rev else []
+        revs += branch_and_tag_commits(args.repo) if args.all_commits else []
+        revs += experiment_baselines(args.repo) if args.all_experiments else []
+        _, text = compare(
+            args.repo, list(dict.fromkeys(revs)), out_dir, table, args.experiments, args.metric,
+            1 if args.num is None else args.num,
+        )  # fmt: skip
     except DogbreedsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -89,7 +89,7 @@ def model_card(
     params: Params, arch: str, schedule: str, seed: int, run_id: str, train_dir: Path
 ) -> str:
     """The card, in Markdown (MLflow's UI renders a model version's description as Markdown)."""
-    side = params.model.resolution
+    side, breeds = params.model.resolution, len(params.data.breeds)
     train = params.train
     sched = train.schedules[schedule]
     deform = params.deform
@@ -116,8 +116,8 @@ def model_card(
         "",
         "## Model",
         f"The `{arch}` net of the dogbreeds study (width multiplier {params.model.width_mult}"
-        f"{size}), input {side}x{side} px RGB, output log-probabilities over 7 breeds. MLflow "
-        f"run `{run_id}`. Chosen among the study's {arch} nets by the highest final val "
+        f"{size}), input {side}x{side} px RGB, output log-probabilities over {breeds} breeds. "
+        f"MLflow run `{run_id}`. Chosen among the study's {arch} nets by the highest final val "
         "accuracy; test accuracy never chooses.",
         "",
         "## Data",
@@ -143,8 +143,8 @@ def model_card(
         metrics_table(params, arch, schedule, seed, train_dir),
         "",
         "## Limits",
-        '- Only these 7 breeds, and no "none of them": any other dog, or a cat, is put in one '
-        "of the 7.",
+        f'- Only these {breeds} breeds, and no "none of them": any other dog, or a cat, is put '
+        "in one of them.",
         f"- Trained and scored at {side}x{side} px: every image is resized to it, so detail "
         "finer than that is lost.",
         "- Robustness is measured for the deformations above only (affine, perspective, "

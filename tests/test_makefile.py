@@ -94,3 +94,33 @@ def test_make_exps_drops_every_dependency_column_and_nothing_else():
 def test_make_bench_passes_bench_args():
     dry = make_dry_run("bench", "BENCH_ARGS=--batch 32 --steps 2")
     assert dry.rstrip().endswith("-m dogbreeds bench --out bench --batch 32 --steps 2")
+
+
+def test_the_scheduler_serves_dasks_dashboard_with_bokeh_from_the_lock(tmp_path):
+    """docs/team.md: `dask scheduler` serves its dashboard at :8787/status (bokeh, team extra)."""
+    import socket
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    dask = Path(sys.executable).parent / "dask"
+    cmd = [str(dask), "scheduler", "--host", "127.0.0.1", "--port", "0"]
+    cmd += ["--dashboard-address", f"127.0.0.1:{port}"]
+    with (tmp_path / "scheduler.log").open("w") as log:
+        scheduler = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        deadline, page = time.monotonic() + 60, ""
+        while time.monotonic() < deadline and not page:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
+                    page = r.read().decode()
+            except OSError:
+                time.sleep(0.5)
+        assert "bokeh" in page.lower(), (tmp_path / "scheduler.log").read_text()
+    finally:
+        scheduler.terminate()
+        scheduler.wait(timeout=30)

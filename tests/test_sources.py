@@ -444,3 +444,20 @@ def test_synthetic_classes_are_learnable_from_colour() -> None:
         for index in range(10, 20):
             nearest = np.argmin(np.linalg.norm(centroids - shape_colour(label, index), axis=1))
             assert nearest == label
+
+
+def test_an_unreachable_host_points_to_the_readmes_local_archive_section(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as unused:  # a port nothing listens on: refused, as offline
+        unused.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{unused.getsockname()[1]}/images.tar"
+    with pytest.raises(SourceError) as failed:
+        sources.http_download(url, tmp_path / "images.tar", "data.stanford.url")
+    message = str(failed.value)
+    assert message.startswith(f"params: 'data.stanford.url': cannot reach {url}: ")
+    section = "Local copies of the archives"
+    assert message.endswith(
+        f"set data.stanford.url to a local copy (README.md, section '{section}')"
+    )
+    assert f"### {section}" in (Path(__file__).parents[1] / "README.md").read_text()

@@ -747,7 +747,10 @@ def http_download(
             f"params: '{key}': download of {url} failed: HTTP {exc.code} {exc.reason}"
         ) from None
     except (urllib.error.URLError, OSError) as exc:
-        raise SourceError(f"params: '{key}': cannot reach {url}: {exc}") from None
+        raise SourceError(
+            f"params: '{key}': cannot reach {url}: {exc}; offline, set {key} to a local copy "
+            "(README.md, section 'Local copies of the archives')"
+        ) from None
     with response:
         resumed = offset > 0 and response.status == 206
         if offset and not resumed:

@@ -28,8 +28,9 @@ lint: $(VENV)/.installed
 summary: $(VENV)/.installed  ## params and MACs of the three nets
 	$(BIN)/python -m dogbreeds summary --width-mult 1.0 --resolution 224
 
+# A study on synthetic data is refused: make register REGISTER_ARGS=--force registers it anyway.
 register: $(VENV)/.installed  ## each net's best run of the study becomes models:/dogbreeds-<arch>@champion
-	$(BIN)/python -m dogbreeds register
+	$(BIN)/python -m dogbreeds register $(REGISTER_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -148,6 +148,11 @@ def test_the_compare_command_writes_the_table_and_figures(experiments, tmp_path,
     assert rows["0.25 dsc-24"][:3] == ["0.4000", "0.4500", "0.3000"]
     assert (tmp_path / "accuracy-vs-macs.png").exists()
     assert table.read_text().strip() in capsys.readouterr().out
+    for flag in ("-A", "--all-experiments"):  # other baselines: the same experiments here
+        again = tmp_path / f"table{flag}.md"
+        args = ["--repo", str(experiments), "--out-dir", str(tmp_path), "--table", str(again)]
+        compare_main([*args, flag])
+        assert again.read_text() == table.read_text()
 
 
 # ----------------------------------------------------------------------------- end to end

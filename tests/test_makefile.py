@@ -91,9 +91,11 @@ def test_make_exps_drops_every_dependency_column_and_nothing_else():
     assert make_dry_run("exps", "EXPS_ARGS=--only-changed").rstrip().endswith("--only-changed")
 
 
-def test_make_bench_passes_bench_args():
+def test_make_bench_and_register_pass_their_args():
     dry = make_dry_run("bench", "BENCH_ARGS=--batch 32 --steps 2")
     assert dry.rstrip().endswith("-m dogbreeds bench --out bench --batch 32 --steps 2")
+    dry = make_dry_run("register", "REGISTER_ARGS=--force")
+    assert dry.rstrip().endswith("-m dogbreeds register --force")
 
 
 def test_the_scheduler_serves_dasks_dashboard_with_bokeh_from_the_lock(tmp_path):

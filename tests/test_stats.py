@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
+from statsmodels.stats.power import TTestPower
 
 from dogbreeds.analysis import bootstrap, decisions, stats
 
@@ -290,3 +291,47 @@ def test_the_bootstrap_verdict_keeps_the_degenerate_rule_and_adjusts_for_the_fam
     same[:, :10] = 1
     verdict = decisions.bootstrap_verdict([bootstrap.Resampled.of(same, draws)], [identical])
     assert verdict.kind == "undecided"  # clear of 0 over images, yet one seed's worth
+
+
+@pytest.mark.parametrize(("n", "alpha"), [(3, 0.05), (5, 0.05), (5, 0.05 / 6), (10, 0.05)])
+def test_power_and_detectable_effect_match_statsmodels(n, alpha):
+    """statsmodels' one-sample t power (a paired test is one on the differences) agrees with
+    ours, and solving it for the effect gives our smallest detectable effect."""
+    power_of = TTestPower()
+    for effect in (0.3, 1.0, 2.5):
+        assert stats.paired_t_power(effect, n, alpha) == pytest.approx(
+            power_of.power(effect_size=effect, nobs=n, alpha=alpha), abs=1e-9
+        )
+    expected = power_of.solve_power(nobs=n, alpha=alpha, power=0.8)
+    assert stats.detectable_effect(n, 0.8, alpha) == pytest.approx(expected, abs=1e-5)
+    assert stats.paired_t_power(stats.detectable_effect(n, 0.8, alpha), n, alpha) >= 0.8
+    assert stats.detectable_effect(1, 0.8) is None
+
+
+def test_seeds_for_a_stated_difference_match_statsmodels():
+    """Seeds to find 2 points when the per-seed differences have sd 0.03: statsmodels' n for
+    effect 2/3, rounded up."""
+    needed = stats.seeds_for_power(0.02 / 0.03, 0.8, 0.05)
+    exact = TTestPower().solve_power(effect_size=0.02 / 0.03, alpha=0.05, power=0.8)
+    assert needed == math.ceil(exact)
+
+
+def test_a_verdict_short_of_yes_says_what_it_could_detect_and_rules_out():
+    """Two undecided comparisons over 5 seeds, sd 0.01 and 0.03: each finds, at 80% power and
+    level 0.05, a true difference of its sd x 1.682 (statsmodels' effect for n = 5); at Holm's
+    first step (0.05/2) more; their CIs together span the ruled-out range's edges."""
+    small = stats.paired_test([0.51, 0.49, 0.50, 0.52, 0.48], [0.5] * 5)
+    large = stats.paired_test([0.53, 0.47, 0.50, 0.56, 0.44], [0.5] * 5)
+    verdict, _ = decisions.t_verdict([small, large])
+    assert verdict.kind == "undecided"
+    text = decisions.detection([small, large], 0.8)
+    effect = TTestPower().solve_power(nobs=5, alpha=0.05, power=0.8)
+    sds = sorted(stats.sample_sd(t.differences) for t in (small, large))
+    assert f"at least {sds[0] * effect:.4f}-{sds[1] * effect:.4f} with 80% power at level 0.05" in (
+        text
+    )
+    holm_effect = TTestPower().solve_power(nobs=5, alpha=0.025, power=0.8)
+    assert f"{sds[0] * holm_effect:.4f}-{sds[1] * holm_effect:.4f} at 0.05/2" in text
+    low, high = large.interval.low, large.interval.high  # the wider interval holds the other
+    assert f"within [{low:+.4f}, {high:+.4f}]" in text
+    assert decisions.detection([stats.paired_test([0.5] * 3, [0.4] * 3)], 0.8) == ""

@@ -203,6 +203,8 @@ class ReportParams:
     bootstrap_resamples: int  # joint resamples of seeds and test images
     seed: int  # seeds the resampling, so the report repeats bit for bit
     power: float  # "how many seeds would decide": the power the paired t test should reach
+    # the smallest true difference in accuracy worth finding: seeds needed are counted for it
+    min_difference: float
 
 
 @dataclass(frozen=True)
@@ -675,6 +677,7 @@ def parse_params(tree: dict) -> Params:
         bootstrap_resamples=_num(tree, "report.bootstrap_resamples", int, MIN_RESAMPLES),
         seed=_seed(tree, "report.seed"),
         power=_num(tree, "report.power", float, 0, 1, lo_open=True),
+        min_difference=_num(tree, "report.min_difference", float, 0, 1, lo_open=True),
     )
     if report.power >= 1:
         raise ParamsError(f"params: 'report.power' must be < 1, got {report.power!r}")

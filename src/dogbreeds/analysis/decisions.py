@@ -27,6 +27,7 @@ from dogbreeds.analysis.stats import (
     ALPHA,
     MIN_DISTINCT,
     PairedTest,
+    detectable_effect,
     holm,
     sample_sd,
     seeds_for_power,
@@ -132,12 +133,45 @@ def fact(other: str, schedule: str, test: PairedTest, p_holm: float) -> str:
     return f"{where}: {interval}, Holm p {p_holm:.3f}"
 
 
+def detection(tests: list[PairedTest], power: float, alpha: float = ALPHA) -> str:
+    """What a verdict short of yes or no could have found, and what it rules out.
+
+    The smallest true difference each comparison's paired t test would find with `power`, at
+    level α alone (the yes/no rule's level) and at α/m (Holm's first step), with the seeds run:
+    the detectable standardised effect times the sd observed over the seeds (itself uncertain
+    with few seeds). And the span of the 95% intervals: a true difference outside it lies
+    outside every comparison's interval, so each one rules it out.
+    """
+    spread = [sample_sd(t.differences) for t in tests if t.interval.n >= 2]
+    spread = [sd for sd in spread if sd > 1e-12]
+    if not spread:
+        return ""
+    n, m = tests[0].interval.n, len(tests)
+    alone, first = detectable_effect(n, power, alpha), detectable_effect(n, power, alpha / m)
+    low = min(t.interval.low for t in tests)
+    high = max(t.interval.high for t in tests)
+
+    def span(effect: float) -> str:
+        lo, hi = effect * min(spread), effect * max(spread)
+        return fmt_number(lo) if abs(hi - lo) < 5e-5 else f"{fmt_number(lo)}-{fmt_number(hi)}"
+
+    return (
+        f" What it could detect: with {n} seeds, a comparison finds a true difference of at "
+        f"least {span(alone)} with {power:.0%} power at level {alpha:g} (the yes/no rule), "
+        f"{span(first)} at {alpha:g}/{m} (Holm's first step), from each comparison's sd over "
+        f"seeds. What it rules out: every comparison's 95% CI lies within "
+        f"[{fmt_number(low, signed=True)}, {fmt_number(high, signed=True)}], so a true "
+        "difference beyond that range is ruled out in all of them."
+    )
+
+
 def answer(
     question: str,
     what: str,
     comparisons: list[Comparison],
     seeds: int,
     boot: dict[tuple[str, str, str], dict[str, Resampled]] | None = None,
+    power: float = 0.8,
 ) -> str:
     """One plain sentence answering `question` from the deformable net's paired differences
     `what` against every other net on every schedule (one family), and, where `boot` holds
@@ -161,6 +195,8 @@ def answer(
         f"**{question}** {verdict.sentence()} (deformable − other, {what}, mean [95% CI] over "
         f"{seeds} seeds and p adjusted by Holm over the {m} comparisons: {'; '.join(facts)})."
     )
+    if verdict.kind in ("undecided", "depends"):
+        text += detection(tests, power)
     if boot and what in next(iter(boot.values())):
         stats = []
         for c, _, flip in ours:
@@ -201,34 +237,36 @@ def family_note(m: int) -> str:
 
 
 def seeds_needed(
-    what: str, comparisons: list[Comparison], power: float, alpha: float = ALPHA
+    what: str,
+    comparisons: list[Comparison],
+    power: float,
+    min_difference: float,
+    alpha: float = ALPHA,
 ) -> list[SeedsNeeded]:
-    """Per comparison of the deformable net, the seeds at which its paired t test reaches
-    `power`.
+    """Per comparison of the deformable net, the seeds at which its paired t test finds a true
+    difference of `min_difference` (either way) with `power`.
 
-    The estimate plugs the observed mean and sd of the per-seed differences in as the truth,
-    and asks the two-sided paired t test at level α/m (Bonferroni: what Holm's first step
-    needs, so a comparison that reaches it is significant whatever the others do)."""
-    ours = ours_against_others(comparisons)
+    The difference is stated (`report.min_difference`), not the one observed: power computed
+    from an observed effect is as noisy as the effect. The sd of the per-seed differences
+    still comes from the seeds run. The level is α, that of the yes/no rule (each comparison
+    at α alone)."""
     rows = []
-    for c, other, flip in ours:
+    for c, other, flip in ours_against_others(comparisons):
         test = oriented(c, what, flip)
         row = SeedsNeeded(other, c.schedule, test, None)
+        sd = sample_sd(test.differences) if test.interval.n >= 2 else math.nan
         if test.interval.n < 2:
             row = replace(row, why="not estimable with one seed")
-        elif test.identical:
+        elif sd <= 1e-12:
             row = replace(row, why="identical on every seed: no spread to estimate from")
-        elif test.interval.mean == 0:
-            row = replace(row, why="never: the mean difference is 0")
         else:
-            effect = test.interval.mean / sample_sd(test.differences)
-            n = seeds_for_power(effect, power, alpha / len(ours), MOST_SEEDS)
+            n = seeds_for_power(min_difference / sd, power, alpha, MOST_SEEDS)
             row = replace(row, seeds=n, why="" if n else f"more than {MOST_SEEDS:,}")
         rows.append(row)
     return rows
 
 
-def seeds_summary(question: str, rows: list[SeedsNeeded], power: float) -> str:
+def seeds_summary(question: str, rows: list[SeedsNeeded], power: float, difference: float) -> str:
     """One line per question: the largest count, which every comparison needs to reach."""
     counts = [r.seeds for r in rows if r.seeds is not None]
     others = sorted({r.why for r in rows if r.seeds is None})
@@ -236,48 +274,64 @@ def seeds_summary(question: str, rows: list[SeedsNeeded], power: float) -> str:
         return f"- **{question}** No estimate ({'; '.join(others)})."
     line = (
         f"- **{question}** About {max(counts):,} seeds, for each of its {len(counts)} "
-        f"estimable comparisons to reach {power:.0%} power"
+        f"estimable comparisons to find a true difference of {difference:g} with {power:.0%} "
+        "power"
     )
     if others:
         line += f"; {len(rows) - len(counts)} more: {'; '.join(others)}"
     return line + "."
 
 
+def direction(mean: float) -> str:
+    """Which way a comparison points so far (deformable − other)."""
+    if mean > 0:
+        return "deformable ahead"
+    return "deformable behind" if mean < 0 else "level"
+
+
 def seeds_needed_table(
-    questions: dict[str, str], comparisons: list[Comparison], power: float, seeds: int
+    questions: dict[str, str],
+    comparisons: list[Comparison],
+    power: float,
+    seeds: int,
+    min_difference: float,
 ) -> str:
     """The seeds-needed estimate for each question (question -> measure), per comparison, with
     its assumptions."""
     m = len(ours_against_others(comparisons))
     if m == 0:
         return "Not asked: the deformable net is not in params train.archs."
-    estimates = {q: seeds_needed(what, comparisons, power) for q, what in questions.items()}
-    lines = [seeds_summary(q, rows, power) for q, rows in estimates.items()]
+    estimates = {
+        q: seeds_needed(what, comparisons, power, min_difference) for q, what in questions.items()
+    }
+    lines = [seeds_summary(q, rows, power, min_difference) for q, rows in estimates.items()]
     lines += [
         "",
-        "| question | deformable vs | schedule | mean difference | sd over seeds | mean / sd "
-        f"| seeds for {power:.0%} power |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| question | deformable vs | schedule | observed difference | points | sd over seeds "
+        f"| seeds to find ±{min_difference:g} at {power:.0%} power |",
+        "|---|---|---|---:|---|---:|---:|",
     ]
     for question, rows in estimates.items():
         for row in rows:
-            sd = sample_sd(row.test.differences)
-            effect = f"{row.test.interval.mean / sd:+.2f}" if sd > 1e-12 else "-"
+            sd = sample_sd(row.test.differences) if row.test.interval.n >= 2 else math.nan
             spread = "-" if math.isnan(sd) else fmt_number(sd)
-            mean = fmt_number(row.test.interval.mean, signed=True)
+            mean = row.test.interval.mean
             lines.append(
-                f"| {question} | {row.other} | {row.schedule} | {mean} | {spread} | {effect} "
-                f"| {row.text} |"
+                f"| {question} | {row.other} | {row.schedule} | {fmt_number(mean, signed=True)} "
+                f"| {direction(mean)} | {spread} | {row.text} |"
             )
     lines += [
         "",
-        f"An estimate, not a promise. It assumes: the per-seed differences are normal with the "
-        f"mean and sd observed over these {seeds} seeds taken as the truth (both are themselves "
-        "uncertain: with few seeds the sd can be off by half or more); the two-sided paired t "
-        f"test at level {ALPHA:g}/{m} (Bonferroni over the question's {m} comparisons, the "
-        "level Holm's first step asks for); the same test images, so more seeds narrow the "
-        "uncertainty over seeds only, not over which photos are in the test set; at least "
-        f"{MIN_DISTINCT} seeds (the degenerate rule). 'Yes' needs every comparison of a "
-        "question at once, which takes somewhat more than the largest row.",
+        f"An estimate, not a promise. It asks how many seeds the two-sided paired t test at "
+        f"level {ALPHA:g} (the level of the yes/no rule, each comparison alone) needs to find "
+        f"a true difference of {min_difference:g} in either direction (`report.min_difference`, "
+        "a difference worth finding, stated in advance rather than taken from the observed "
+        "one, whose power estimate would be as noisy as the effect). It assumes the per-seed "
+        f"differences are normal with the sd observed over these {seeds} seeds (itself "
+        "uncertain: with few seeds it can be off by half or more); the same test images, so "
+        "more seeds narrow the uncertainty over seeds only, not over which photos are in the "
+        f"test set; at least {MIN_DISTINCT} seeds (the degenerate rule). Holm's adjustment "
+        f"over the {m} comparisons, or 'yes' for all of them at once, takes more. The "
+        "'points' column says which way each comparison points so far.",
     ]
     return "\n".join(lines)

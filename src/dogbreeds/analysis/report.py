@@ -14,7 +14,7 @@ bootstrap over test images and seeds in `analysis.bootstrap` and the formulas in
 from __future__ import annotations
 
 import csv
-import math
+import statistics
 from pathlib import Path
 
 import pandas as pd
@@ -160,20 +160,31 @@ def headline(params: Params, runs: list[RunResult]) -> dict:
     }
 
 
-def timing_table(params: Params, runs: list[RunResult]) -> str:
-    """Training wall time per (net, schedule), mean over seeds, and where it ran."""
-    lines = [
-        "| net | schedule | device | epochs | mean wall time (min) |",
-        "|---|---|---|---:|---:|",
-    ]
+def timings(params: Params, runs: list[RunResult]) -> dict:
+    """metrics/timings.json: training wall time per (net, schedule), median and range over
+    seeds, and where it ran.
+
+    Wall times are run facts (a busier machine gives others), so they live in this file and
+    not in report.md: the report depends on the results alone and reruns byte for byte. The
+    file's times sit under `wall_time_s`, which every byte comparison leaves out.
+    """
+    out: dict = {}
     for arch in params.train.archs:
         for schedule in params.train.schedules:
             seeds = cell(runs, arch, schedule)
-            minutes = math.fsum(r.train["wall_time_s"] for r in seeds) / len(seeds) / 60
-            devices = ", ".join(sorted({r.train["device"] for r in seeds}))
-            epochs = seeds[0].train["epochs"]
-            lines.append(f"| {arch} | {schedule} | {devices} | {epochs} | {minutes:.1f} |")
-    return "\n".join(lines)
+            seconds = sorted(r.train["wall_time_s"] for r in seeds)
+            out.setdefault(arch, {})[schedule] = {
+                "device": ", ".join(sorted({r.train["device"] for r in seeds})),
+                "amp": ", ".join(sorted({r.train.get("amp", "?") for r in seeds})),
+                "epochs": seeds[0].train["epochs"],
+                "runs": len(seeds),
+                "wall_time_s": {
+                    "median": round(statistics.median(seconds), 1),
+                    "min": round(seconds[0], 1),
+                    "max": round(seconds[-1], 1),
+                },
+            }
+    return out
 
 
 def figure_name(run: RunResult) -> str:
@@ -196,7 +207,7 @@ def render_report(params: Params, runs: list[RunResult], curves: list[dict], off
     boot_cells, boot_pairs = bootstrap_tables(boot)
     curve_question = "And along the robustness curve (all kinds, every strength above 0)?"
     curve_answer = (
-        ["- " + answer(curve_question, CURVE, comparisons, seeds)]
+        ["- " + answer(curve_question, CURVE, comparisons, seeds, power=params.report.power)]
         if comparisons and CURVE in comparisons[0].differences
         else []
     )
@@ -226,7 +237,10 @@ def render_report(params: Params, runs: list[RunResult], curves: list[dict], off
         "",
         "## The paper's two questions",
         "",
-        *["- " + answer(q, what, comparisons, seeds, boot.pairs) for q, what in questions.items()],
+        *[
+            "- " + answer(q, what, comparisons, seeds, boot.pairs, params.report.power)
+            for q, what in questions.items()
+        ],
         *curve_answer,
         "",
         "Generalisation is read on the clean test images (unseen photos, no deformation); "
@@ -237,7 +251,9 @@ def render_report(params: Params, runs: list[RunResult], curves: list[dict], off
         "",
         "## How many seeds would decide",
         "",
-        seeds_needed_table(questions, comparisons, params.report.power, seeds),
+        seeds_needed_table(
+            questions, comparisons, params.report.power, seeds, params.report.min_difference
+        ),
     ]
     for arch in params.train.archs:
         arch_runs = [run for run in runs if run.arch == arch]
@@ -307,7 +323,10 @@ def render_report(params: Params, runs: list[RunResult], curves: list[dict], off
         "",
         "## Training time",
         "",
-        timing_table(params, runs),
+        "Wall times are run facts: they depend on the machine and on what else ran beside "
+        "each training, so they are kept out of this report (which depends on the results "
+        "alone) in `metrics/timings.json`: per net and schedule, the median and range over "
+        "seeds, the device and the precision.",
         "",
         "## Notes",
         "",
@@ -350,6 +369,7 @@ def run_report(params: Params, metrics_dir: Path = Path("metrics")) -> str:
     offsets = read_json(metrics_dir / "offsets" / "offsets.json")
     markdown = render_report(params, runs, curves, offsets)
     write_json(metrics_dir / "headline.json", headline(params, runs))
+    write_json(metrics_dir / "timings.json", timings(params, runs))
     write_tsv(metrics_dir / "robustness.tsv", curves, ROBUSTNESS_COLUMNS)
     from dogbreeds.analysis.dvcplots import write_dvc_plots  # one chart per schedule: dvc plots
 

@@ -176,6 +176,27 @@ def paired_t_power(effect: float, n: int, alpha: float = ALPHA) -> float:
     return float(upper + lower)
 
 
+def detectable_effect(n: int, power: float, alpha: float = ALPHA) -> float | None:
+    """The smallest true standardised difference (mean/sd) that the two-sided paired t test at
+    level alpha with n pairs finds with probability `power`; None below 2 pairs.
+
+    Power grows with the effect, so a bisection finds it; times the sd of the per-seed
+    differences it is the smallest difference in accuracy the study could have detected.
+    """
+    if n < 2:
+        return None
+    low, high = 0.0, 1.0
+    while paired_t_power(high, n, alpha) < power:
+        high *= 2
+    for _ in range(60):  # to ~1e-16 of the bracket
+        middle = (low + high) / 2
+        if paired_t_power(middle, n, alpha) >= power:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
 def seeds_for_power(
     effect: float, power: float, alpha: float = ALPHA, most: int = 10_000
 ) -> int | None:

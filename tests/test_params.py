@@ -108,7 +108,7 @@ def test_the_repository_params_are_the_papers_study():
             "deform.elastic.sigma",
             60,
             "'deform.elastic.sigma' 60 is too wide for 'model.resolution' 224: its blur pads 240"
-            " px past the edge of a 224 px image; use a sigma below 56",
+            " px past the edge of a 224 px image; use a sigma below 55.875",
         ),
         (
             "deform.affine.scale",

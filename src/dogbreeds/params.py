@@ -47,6 +47,8 @@ DEFORM_KEYS = {
 # A shear of 90 degrees or more folds the image onto a line (tan is infinite there).
 MAX_SHEAR = 90.0
 MIB = 1 << 20
+# A synthetic image is drawn whole in memory; the nets never need more than a few hundred px.
+MAX_SYNTHETIC_SIDE = 1024
 
 
 class ParamsError(DogbreedsError):
@@ -422,7 +424,8 @@ def _deform_mapping(tree: dict, kind: str) -> None:
 
 def blur_half_width(sigma: float) -> int:
     """How far (px) the elastic field's Gaussian blur pads past each edge: torchvision's kernel
-    of int(8 sigma + 1) taps, made odd (deformations.SeparableElastic does the same)."""
+    of int(8 sigma + 1) taps, made odd (deformations.SeparableElastic does the same). Reflect
+    padding needs it below the side R: sigma (given at 224 px) below 56 - 28 / R."""
     size = int(8 * sigma + 1)
     size += 1 - size % 2
     return size // 2
@@ -437,7 +440,7 @@ def _deform(tree: dict, resolution: int) -> DeformParams:
         raise ParamsError(
             f"params: 'deform.elastic.sigma' {sigma:g} is too wide for 'model.resolution' "
             f"{resolution}: its blur pads {blur_half_width(side_sigma)} px past the edge of a "
-            f"{resolution} px image; use a sigma below 56"
+            f"{resolution} px image; use a sigma below {56 - 28 / resolution:g}"
         )
     return DeformParams(
         seed=_seed(tree, "deform.seed"),
@@ -592,7 +595,7 @@ def parse_params(tree: dict) -> Params:
         dbi=_source(tree, "dbi", breeds),
         synthetic=SyntheticParams(
             per_class=_num(tree, "data.synthetic.per_class", int, 1),
-            size=_num(tree, "data.synthetic.size", int, 8),
+            size=_num(tree, "data.synthetic.size", int, 8, MAX_SYNTHETIC_SIDE),
             seed=_seed(tree, "data.synthetic.seed"),
         ),
         extract=_extract(tree),

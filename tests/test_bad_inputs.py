@@ -681,6 +681,24 @@ def test_a_breed_missing_from_the_manifest_stops_the_split_stage(tmp_path: Path)
     assert not (tmp_path / "data" / "split").exists()
 
 
+def test_a_breed_short_in_one_set_after_the_split_names_the_fraction_to_raise() -> None:
+    """Row 51's sequel: enough images in all, but the split leaves a breed short in val."""
+    import pandas as pd
+
+    from dogbreeds.data.split import SplitError, assign_splits
+
+    manifest = pd.DataFrame(
+        [{"id": f"{n}{i}", "breed": b, "label": n} for n, b in enumerate(BREEDS) for i in range(8)]
+    )
+    tree = set_keys(copy.deepcopy(TREE), {"split.min_per_breed": 2, "split.val": 0.15})
+    with pytest.raises(SplitError) as error:
+        assign_splits(manifest, parse_params(tree).split, BREEDS)
+    assert str(error.value) == (
+        "breed 'bernese_mountain_dog' gets 1 image(s) in val, fewer than 'split.min_per_breed' "
+        "2; raise split.val (now 0.15), or add images of it"
+    )
+
+
 class PageHandler(http.server.BaseHTTPRequestHandler):
     """Answers 200 with `body` for any path, as a server behind a login or a rate limit does."""
 

@@ -273,8 +273,9 @@ PAYLOAD = np.random.default_rng(0).bytes(300_000)
 
 
 class RangeHandler(http.server.BaseHTTPRequestHandler):
-    """Serves PAYLOAD with Range support; `cut_at` makes the next response stop early."""
+    """Serves `payload` with Range support; `cut_at` makes the next response stop early."""
 
+    payload = PAYLOAD
     cut_at: int | None = None
     honour_range = True
     ranges: list[str | None] = []
@@ -286,10 +287,11 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         if requested and self.honour_range:
             start = int(requested.removeprefix("bytes=").rstrip("-"))
             self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
+            size = len(self.payload)
+            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
         else:
             self.send_response(200)
-        body = PAYLOAD[start:]
+        body = self.payload[start:]
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         cut, type(self).cut_at = type(self).cut_at, None
@@ -305,6 +307,7 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     RangeHandler.ranges, RangeHandler.cut_at, RangeHandler.honour_range = [], None, True
+    RangeHandler.payload = PAYLOAD
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -341,6 +344,25 @@ def test_bad_download_is_deleted_so_the_next_run_fetches_again(server: str, tmp_
     with pytest.raises(SourceError, match="the download was deleted"):
         fetch_source("stanford", source, tmp_path / "out", downloads)
     assert list(downloads.iterdir()) == []
+
+
+def test_a_download_is_cached_only_with_the_pinned_sha256(server: str, tmp_path: Path) -> None:
+    """An archive of the right kind but other bytes (a new upstream version, a mirror's copy)
+    is deleted before it becomes the cached file; the right one is kept and used."""
+    archive = write_tar(tmp_path / "images.tar", stanford_files(), hostile=False)
+    RangeHandler.payload = archive.read_bytes()
+    downloads = tmp_path / "downloads"
+    with pytest.raises(SourceError) as error:
+        fetch_source("stanford", stanford_source(server, "cd" * 32), tmp_path / "a", downloads)
+    assert str(error.value) == (
+        f"params: 'data.stanford.url': {server} sent an archive whose sha256 is "
+        f"{sha256(archive)}, not the pinned {'cd' * 32}; the download was deleted (run again "
+        "once the server sends the archive)"
+    )
+    assert list(downloads.iterdir()) == []
+    pinned = stanford_source(server, sha256(archive))
+    assert fetch_source("stanford", pinned, tmp_path / "b", downloads) == len(STANFORD_WRITTEN)
+    assert [p.read_bytes() for p in downloads.iterdir()] == [archive.read_bytes()]
 
 
 # --- kaggle -------------------------------------------------------------------------------------

@@ -242,8 +242,6 @@ class RawWriter:
         if isinstance(kept, str):
             self.skip(member, kept)
             return None
-        if name != member:
-            self.renamed.append((printable(member), name))
         return self.out_dir / kept[0] / kept[1]
 
     def write(
@@ -288,6 +286,8 @@ class RawWriter:
         os.replace(part, target)
         self.owner[target] = (member, done)
         self.written[target.parent.name] += 1
+        if (name := repaired(member)) != member:
+            self.renamed.append((printable(member), name))
 
     def _copy(
         self,

@@ -632,6 +632,8 @@ def describe(head: bytes, size: int) -> str:
         line = head.decode("utf-8").strip().splitlines()[0][:60]
     except (UnicodeDecodeError, IndexError):
         return f"{amount(size)} of unrecognised data"
+    if not line.isprintable():
+        return f"{amount(size)} of unrecognised data"
     return f"a text file of {amount(size)} ({line!r})"
 
 

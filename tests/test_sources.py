@@ -166,6 +166,16 @@ def test_an_unpinned_source_logs_the_hash_to_pin_it_with(tmp_path: Path, caplog)
     assert f"data.stanford.sha256={sha256(archive)}" in caplog.text
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="symlinks need privileges on Windows")
+def test_an_archive_named_through_a_link_is_read(tmp_path: Path) -> None:
+    """The url may be a link to the archive (to a shared copy, say); only files inside a
+    directory source are never followed."""
+    archive = write_tar(tmp_path / "images.tar", stanford_files(), hostile=False)
+    (tmp_path / "link.tar").symlink_to(archive)
+    pinned = stanford_source(tmp_path / "link.tar", sha256(archive))
+    assert fetch_source("stanford", pinned, tmp_path / "o", tmp_path / "d") == len(STANFORD_WRITTEN)
+
+
 def test_file_url_and_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     archive = write_tar(tmp_path / "images.tar", stanford_files(), hostile=False)
     fetch_source("stanford", stanford_source(archive.as_uri()), tmp_path / "a", tmp_path / "dl")

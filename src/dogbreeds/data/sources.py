@@ -544,11 +544,15 @@ def file_kind(mode: int) -> str:
     return "not a regular file"
 
 
-def open_regular(path: Path) -> IO[bytes]:
+def open_regular(path: Path, follow_link: bool = False) -> IO[bytes]:
     """Open a file for reading only if it is a regular file, judged on the opened descriptor
-    (no race with a swap), without following a last-component link and without blocking on a
-    FIFO."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    (no race with a swap) and without blocking on a FIFO. A last-component link is refused
+    unless `follow_link` (a source named by the user may be a link; a file inside a source is
+    never followed out of it)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+    if not follow_link:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags)
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
@@ -642,7 +646,7 @@ def check_archive(path: Path, suffix: str) -> str | None:
 
     Reads the first bytes only: a multi-gigabyte wrong file is refused before it is hashed.
     """
-    with open_regular(path) as f:
+    with open_regular(path, follow_link=True) as f:
         head = f.read(HEAD)
         size = os.fstat(f.fileno()).st_size
     expected = FAMILIES["zip" if suffix == ".zip" else "tar"]
@@ -677,9 +681,9 @@ def copy_directory(root: Path, writer: RawWriter) -> None:
 
 
 def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
+    """Hex sha256 of a file, read in chunks (a regular file only: see `open_regular`)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path, follow_link=True) as f:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()

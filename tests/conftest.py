@@ -16,6 +16,8 @@ import pytest
 import yaml
 from datagen import set_keys
 
+from dogbreeds.params import read_yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin, so `dvc` and `python` are the tested ones
 
@@ -134,7 +136,7 @@ def prepared(tmp_path: Path) -> Path:
     """
     import torch
 
-    breeds = yaml.safe_load((ROOT / "params.yaml").read_text())["data"]["breeds"]
+    breeds = read_yaml(ROOT / "params.yaml")["data"]["breeds"]
     generator = torch.Generator().manual_seed(0)
     colours = torch.rand(len(breeds), 3, 1, 1, generator=generator) * 255
     folder = tmp_path / "data" / "prepared"

@@ -15,11 +15,10 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import yaml
 from PIL import Image
 
 from dogbreeds.common.dotted import set_keys
-from dogbreeds.params import Params, parse_params
+from dogbreeds.params import Params, parse_params, read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +29,7 @@ STANFORD_OTHER = "n02088364-beagle"  # in the full archive, not in the study
 
 def params_with(**updates) -> Params:
     """The project's params.yaml with dotted keys set, e.g. params_with(**{"split.seed": 1})."""
-    return parse_params(set_keys(yaml.safe_load((ROOT / "params.yaml").read_text()), updates))
+    return parse_params(set_keys(read_yaml(ROOT / "params.yaml"), updates))
 
 
 def photo(seed: int, size: tuple[int, int] = (48, 36), mode: str = "RGB") -> Image.Image:
@@ -160,7 +159,7 @@ def write_tree(root: Path, files: dict[str, bytes]) -> Path:
 
 def tiny_params(**updates) -> Params:
     """The project's params at 16px on CPU with one short schedule; dotted keys override."""
-    tree = yaml.safe_load((ROOT / "params.yaml").read_text())
+    tree = read_yaml(ROOT / "params.yaml")
     tree["model"]["resolution"] = 16
     tree["model"]["width_mult"] = 0.25
     tree["train"].update(device="cpu", batch_size=8, amp="off")  # the same on every CPU

@@ -126,10 +126,10 @@ from PIL import Image
 
 from dogbreeds.data.images import UnreadableImage, decode_rgb
 from dogbreeds.data.sources import SourceError, fetch_source
-from dogbreeds.params import ParamsError, parse_params, select_run
+from dogbreeds.params import ParamsError, parse_params, read_yaml, select_run
 
 ROOT = Path(__file__).resolve().parents[1]
-TREE = yaml.safe_load((ROOT / "params.yaml").read_text())
+TREE = read_yaml(ROOT / "params.yaml")
 STAGE_ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 
 # ----------------------------------------------------------------------------- images

@@ -57,5 +57,5 @@ def test_a_failing_stage_prints_one_line_and_leaves_no_output(project: Path) -> 
     result = run(["python", "stages/download.py"], project, check=False, env={"PYTHONPATH": "src"})
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "sha256 mismatch" in lines[0] and "data.stanford" in lines[0]
+    assert len(lines) == 1 and "not a tar archive" in lines[0] and "data.stanford" in lines[0]
     assert not (project / "data" / "raw").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from dogbreeds.data.deformations import (
     prepare_tensors,
 )
 from dogbreeds.data.preprocess import load_square_pixels
+from dogbreeds.params import ParamsError
 
 RESOLUTION = 32
 SPLITS = ["train", "train", "val", "val", "test", "test"]
@@ -167,13 +169,16 @@ def test_image_seed_is_stable_and_distinct() -> None:
 
 
 def test_unknown_deform_key_is_named() -> None:
-    bad = params(
-        **{"deform.affine": {"degrees": 10, "translate": 0.1, "scale": [1, 1], "sheer": 3}}
-    )
+    """params.yaml refuses the typo when it is read; a DeformParams built another way is
+    checked again by the stage itself."""
+    affine = {"degrees": 10, "translate": 0.1, "scale": [1, 1], "sheer": 3}
+    with pytest.raises(ParamsError, match=r"unknown key 'deform.affine.sheer'; did you mean"):
+        params(**{"deform.affine": affine})
+    bad = dataclasses.replace(params().deform, affine=affine)
     with pytest.raises(
         DeformError, match=r"'deform.affine'.*missing \['shear'\].*unknown \['sheer'\]"
     ):
-        build_deformation(bad.deform)
+        build_deformation(bad)
 
 
 def test_a_failed_stage_leaves_no_output(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from servers import chromium, require
 from dogbreeds.analysis.cells import robustness_curves
 from dogbreeds.analysis.dvcplots import write_dvc_plots
 from dogbreeds.analysis.results import RunResult
-from dogbreeds.params import Params
+from dogbreeds.params import Params, read_yaml
 from dogbreeds.training.history import EpochRecord
 
 ARCHS = ("cnn", "dsc", "deformable")
@@ -169,7 +169,7 @@ def test_dvc_yaml_draws_the_nets_of_each_committed_schedule_on_one_chart():
     """The named training charts cover params.yaml's schedules and nets; the robustness plot
     takes every file of the report's robustness folder; the report's PNGs are image plots."""
     dvc_yaml = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    committed = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
+    committed = read_yaml(ROOT / "params.yaml")["train"]
     assert tuple(committed["archs"]) == ARCHS and tuple(committed["schedules"]) == SCHEDULES
     plots = {name: props for entry in dvc_yaml["plots"] for name, props in entry.items()}
     assert plots["metrics/plots/robustness"]["x"] == "strength"

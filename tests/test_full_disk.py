@@ -29,6 +29,8 @@ import yaml
 from conftest import ROOT
 from datagen import set_keys
 
+from dogbreeds.params import read_yaml
+
 pytestmark = pytest.mark.slow
 
 NO_SPACE = "no space left on device while writing it (nothing was written); free some space and "
@@ -116,7 +118,7 @@ def disk(tmp_path: Path) -> Iterator[Disk]:
     try:
         repo = folder
         (repo / ".dvc").mkdir()  # the repository root: MLflow store and resume states are here
-        tree = yaml.safe_load((ROOT / "params.yaml").read_text())
+        tree = read_yaml(ROOT / "params.yaml")
         set_keys(tree, {
             "data.sources": ["synthetic"], "data.synthetic.per_class": 12,
             "data.synthetic.size": 48, "model.resolution": 16, "model.width_mult": 0.25,

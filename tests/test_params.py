@@ -7,13 +7,12 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 from datagen import set_keys
 
-from dogbreeds.params import ParamsError, load_params, parse_params
+from dogbreeds.params import ParamsError, load_params, parse_params, read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-TREE = yaml.safe_load((ROOT / "params.yaml").read_text())
+TREE = read_yaml(ROOT / "params.yaml")
 
 
 def with_value(key: str, value):

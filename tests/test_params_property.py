@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from datagen import set_keys
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
@@ -34,7 +33,7 @@ from dogbreeds.data.robustness import scaled
 from dogbreeds.data.sources import Budget
 from dogbreeds.data.synthetic import synthetic_image
 from dogbreeds.nets.models import build_model
-from dogbreeds.params import MAX_SEED, DeformParams, Params, ParamsError, parse_params
+from dogbreeds.params import MAX_SEED, DeformParams, Params, ParamsError, parse_params, read_yaml
 from dogbreeds.training.batches import augment_thetas, epoch_plan
 from dogbreeds.training.optim import make_optimizer, one_cycle
 
@@ -43,7 +42,7 @@ DRAWS = 500
 
 # A study small enough to build 500 times: 32 px, a quarter of the channels, short stages.
 BASE = set_keys(
-    yaml.safe_load((ROOT / "params.yaml").read_text()),
+    read_yaml(ROOT / "params.yaml"),
     {
         "data.sources": ["synthetic"],
         "data.synthetic.size": 32,

@@ -54,6 +54,7 @@ def write_run(metrics: Path, name: str, offset: float, epochs: int) -> None:
             "epochs": epochs,
             "wall_time_s": 90.0,
             "device": "cpu",
+            "amp": "off" if name.startswith("dsc") else "bf16",
             "mlflow_run_id": "abc",
             "width_mult": 0.25,
             "resolution": 16,
@@ -315,6 +316,14 @@ def test_sizes_robustness_timing_and_notes(study):
     assert "params (α=0.25) | MACs (16×16)" in markdown
     assert "| deformable | hot | 0.6000 [0.6000, 0.6000] | 0.4200 [" in markdown
     assert "wall" not in markdown.replace("Wall times are run facts", "")  # no run facts
+    # the setup line: data kind, recipe and each net's precision as its runs recorded it
+    assert "Our runs: real photos from stanford, dbi, resolution 16×16" in markdown
+    assert (
+        "Recipe: a random crop keeping 0.8-1 of the side; a horizontal flip with probability 0.5;"
+        " no rotation; inputs standardised by the training split's channel mean and std."
+        in markdown
+    )
+    assert "Precision: cnn bf16, deformable bf16 (train.amp off)." in markdown
     timing = json.loads((metrics / "timings.json").read_text())
     assert timing["cnn"]["s20_14_6"]["wall_time_s"] == {"median": 90.0, "min": 90.0, "max": 90.0}
     assert timing["cnn"]["s20_14_6"]["device"] == "cpu" and timing["cnn"]["s20_14_6"]["runs"] == 3

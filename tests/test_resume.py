@@ -23,6 +23,7 @@ import yaml
 from conftest import ROOT
 from datagen import set_keys
 
+from dogbreeds.params import read_yaml
 from dogbreeds.training import resume
 from dogbreeds.training.state import TrainState, capture_rng, restore_rng
 
@@ -75,7 +76,7 @@ def train(repo: Path, out: str, kill_at_step: int = 0) -> subprocess.CompletedPr
 def repo(prepared: Path, tmp_path: Path) -> Path:
     """tmp_path as a DVC repo with the prepared 16px data, tiny params and the driver."""
     (tmp_path / ".dvc").mkdir()
-    tree = yaml.safe_load((ROOT / "params.yaml").read_text())
+    tree = read_yaml(ROOT / "params.yaml")
     set_keys(
         tree,
         {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import subprocess
 
@@ -82,6 +83,28 @@ def test_a_snapshot_holds_the_report_runs_small_figures_and_provenance(finished,
     assert provenance["trainings_wall_time_s"] == 90.0 * len(rows)
     assert provenance["machine"]["cores"] >= 1
     assert provenance["code_changed_since_commit"] == []
+    assert provenance["run_commits"] == {r["run"]: None for r in rows}  # no MLflow store here
+    assert not (repo / "mlflow.db").exists()
+
+    # every run's per-image predictions, in the evaluate stage's columns, run first
+    with gzip.open(folder / "predictions.csv.gz", "rt") as f:
+        predictions = list(csv.DictReader(f))
+    first = (repo / "metrics" / "eval" / "cnn-s20_14_6-0-predictions.csv").read_text()
+    assert len(predictions) == len(rows) * (len(first.splitlines()) - 1)
+    assert list(predictions[0]) == ["run", *first.splitlines()[0].split(",")]
+    assert {p["run"] for p in predictions} == {r["run"] for r in rows}
+    again = snap.snapshot(repo, "again", tmp_path / "results", wall_time_s=123.0)
+    assert (again / "predictions.csv.gz").read_bytes() == (
+        folder / "predictions.csv.gz"
+    ).read_bytes()  # no time in the gzip header: the same study, the same bytes
+    assert (folder / "timings.json").read_text() == (repo / "metrics/timings.json").read_text()
+
+    # a README naming every file, and the command that regenerates the folder
+    text = (folder / "README.md").read_text()
+    for path in folder.iterdir():
+        assert f"| `{path.name}` |" in text or path.name == "README.md"
+    assert "dvc exp run -S 'model.resolution=64'" in text
+    assert "python -m dogbreeds snapshot fake" in text
 
 
 def test_an_unfinished_study_is_named_and_leaves_nothing(finished, tmp_path):

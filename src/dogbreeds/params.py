@@ -737,7 +737,12 @@ def read_yaml(path: Path) -> Any:
     DVC writes such floats for `dvc exp run -S key=0.00005`; a YAML 1.1 reader (PyYAML) would
     read them as strings. ruamel.yaml is DVC's own YAML library (pure-Python mode is 1.2).
     """
-    return YAML(typ="safe", pure=True).load(path.read_text())
+    return parse_yaml(path.read_text())
+
+
+def parse_yaml(text: str) -> Any:
+    """`read_yaml` of YAML text (a params.yaml read from git, say)."""
+    return YAML(typ="safe", pure=True).load(text)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

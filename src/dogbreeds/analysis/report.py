@@ -195,6 +195,47 @@ def confusion_name(run: RunResult) -> str:
     return f"{run.name}-confusion.png"
 
 
+def data_kind(params: Params, runs: list[RunResult]) -> str:
+    """What the nets were trained on, first in the report: synthetic shapes or real photos."""
+    sources = params.data.sources
+    kind = (
+        "synthetic images (a smoke test, not dogs)"
+        if sources == ["synthetic"]
+        else ("real photos" if "synthetic" not in sources else "real photos and synthetic images")
+    )
+    return f"{kind} from {', '.join(sources)}"
+
+
+def recipe(params: Params) -> str:
+    """The training images' augmentation and input scaling, in words."""
+    a = params.train.augment
+    crop = (
+        f"a random crop keeping {a.crop_scale:g}-1 of the side"
+        if a.crop == "zoom"
+        else f"a crop of {a.crop_scale:g} of the side reaching {a.crop_pad:g} past each edge "
+        "(reflected)"
+    )
+    parts = [
+        crop if a.crop_scale < 1 or a.crop == "pad" else "no crop",
+        f"a horizontal flip with probability {a.hflip:g}",
+        f"a rotation by up to ±{a.rotation:g}° (black corners)" if a.rotation else "no rotation",
+        "inputs standardised by the training split's channel mean and std"
+        if params.train.normalize
+        else "inputs in [0, 1], not standardised",
+    ]
+    return "; ".join(parts)
+
+
+def precisions(params: Params, runs: list[RunResult]) -> str:
+    """Each net's training precision as its runs recorded it (train.amp auto picks per net)."""
+    out = []
+    for arch in params.train.archs:
+        amps = sorted({r.train.get("amp", "?") for r in runs if r.arch == arch})
+        names = ["float32" if amp == "off" else amp for amp in amps]
+        out.append(f"{arch} {'/'.join(names)}")
+    return ", ".join(out) + f" (train.amp {params.train.amp})"
+
+
 def render_report(params: Params, runs: list[RunResult], curves: list[dict], offsets: dict) -> str:
     """The Markdown of metrics/report.md."""
     offsets_md, offsets_answer = offsets_table(params, offsets)
@@ -205,7 +246,10 @@ def render_report(params: Params, runs: list[RunResult], curves: list[dict], off
     cells = {(a, s): cell(runs, a, s) for a in params.train.archs for s in params.train.schedules}
     boot = bootstrap_study(cells, params.report.bootstrap_resamples, params.report.seed)
     boot_cells, boot_pairs = bootstrap_tables(boot)
-    curve_question = "And along the robustness curve (all kinds, every strength above 0)?"
+    curve_question = (
+        "And along the robustness curve (all kinds together, the mean over every strength above "
+        "0, each strength weighted equally: not an area, as the strengths are unevenly spaced)?"
+    )
     curve_answer = (
         ["- " + answer(curve_question, CURVE, comparisons, seeds, power=params.report.power)]
         if comparisons and CURVE in comparisons[0].differences
@@ -219,13 +263,16 @@ def render_report(params: Params, runs: list[RunResult], curves: list[dict], off
     out = [
         "# Results beside the paper",
         "",
-        f"Our runs: resolution {model.resolution}×{model.resolution} "
+        f"Our runs: {data_kind(params, runs)}, resolution {model.resolution}×{model.resolution} "
         f"(ρ = {model.resolution / PAPER_RESOLUTION:.3g}), width multiplier α = "
-        f"{model.width_mult:g}, batch size {params.train.batch_size}, Adam with weight decay "
+        f"{model.width_mult:g}, batch size {params.train.batch_size} (val and test "
+        f"{params.train.eval_batch_size}), Adam with weight decay "
         f"{params.train.weight_decay:g}, gradient clipping {params.train.grad_clip:g}, seeds "
         f"{', '.join(str(s) for s in params.train.seeds)} (one trained net per seed). The "
         "paper trained one net per cell at 224×224, α = 1, max_lr 0.01/0.001/0.0001 for every "
         "schedule.",
+        "",
+        f"Recipe: {recipe(params)}. Precision: {precisions(params, runs)}.",
         "",
         "train_* are the last epoch's means over its (augmented) training batches; val_* and "
         "test_* are scored on the randomly deformed validation and test sets, as in the paper "
@@ -310,7 +357,11 @@ def render_report(params: Params, runs: list[RunResult], curves: list[dict], off
         f"{boot.resamples:,} resamples (`report.bootstrap_resamples`, seed `report.seed` = "
         f"{params.report.seed}) draws the seeds and the {test_images} test images with "
         "replacement, and scores every net on the same draw, so pairs stay paired. Intervals "
-        "are 95% percentile intervals around the observed mean; each one alone, as above. The "
+        "are 95% percentile intervals around the observed mean; each one alone, as above. With "
+        "few seeds a percentile bootstrap over seeds is too narrow (it treats the seeds run as "
+        "the population: with 5 seeds it covers the seed variation about 85% of the time, not "
+        "95%), so read it for the test images' share of the uncertainty and the t intervals "
+        "above for the seeds'. The "
         "robustness-curve measure has no per-image predictions and is not resampled.",
         "",
         boot_cells,

@@ -30,6 +30,7 @@ import yaml
 
 from dogbreeds.common.dotted import set_keys
 from dogbreeds.common.timeline import ENV
+from dogbreeds.params import read_yaml
 
 ROOT = Path(__file__).resolve().parents[3]  # the repository: dvc.yaml, stages/, src/
 ARCHS = ("cnn", "deformable")
@@ -116,7 +117,7 @@ def make_project(repo: Path) -> Path:
     """A copy of this repository's pipeline at `repo`, tiny params, its data stages run."""
     repo.mkdir(parents=True)
     copy_code(repo)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = read_yaml(ROOT / "params.yaml")
     (repo / "params.yaml").write_text(yaml.safe_dump(set_keys(params, TINY), sort_keys=False))
     env = stage_env()
     for cmd in (

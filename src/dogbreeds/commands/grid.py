@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from dogbreeds import DogbreedsError
+from dogbreeds.params import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def grid_points(widths: list[float], resolutions: list[int]) -> list[GridPoint]:
 def schedule_overrides(params_file: Path, keep: str) -> list[str]:
     """The `-S` overrides that leave only the schedule `keep` in train.schedules."""
     try:
-        schedules = yaml.safe_load(params_file.read_text())["train"]["schedules"]
+        schedules = read_yaml(params_file)["train"]["schedules"]
     except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
         raise GridError(f"{params_file}: cannot read train.schedules ({exc})") from exc
     if keep not in schedules:

@@ -131,7 +131,9 @@ def run(source: Path, params_path: Path) -> list[dict]:
             eval_batch = params.train.eval_batch_size
             result["predicted"] = {}
             for name, key in (
-                ("val", "val_acc"), ("test", "test_acc"), ("test_clean", "clean_test_acc")
+                ("val", "val_acc"),
+                ("test", "test_acc"),
+                ("test_clean", "clean_test_acc"),
             ):
                 split = splits[name]
                 log_probs = predict(model, split.images, normalize, eval_batch, dtype)

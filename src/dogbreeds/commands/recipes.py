@@ -28,11 +28,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from dogbreeds.analysis.paper import PAPER_RESULTS, PAPER_SCHEDULES
 from dogbreeds.analysis.results import fmt_number, read_json
 from dogbreeds.analysis.stats import holm, paired_test, t_interval
+from dogbreeds.params import read_yaml
 
 MEASURES = {  # column -> (metrics file, key)
     "train_acc": ("train", "train_acc"),
@@ -59,7 +58,7 @@ def study_cells(folder: Path) -> set[tuple[str, str, int]] | None:
     whose nets this one does not train; only the params say which runs are this study's."""
     for params in (folder / "params.yaml", folder.parent / "params.yaml"):
         if params.is_file():
-            train = (yaml.safe_load(params.read_text()) or {}).get("train", {})
+            train = (read_yaml(params) or {}).get("train", {})
             schedules, seeds = train.get("schedules", {}), train.get("seeds", [])
             return {
                 (a, s, int(x)) for a in train.get("archs", []) for s in schedules for x in seeds

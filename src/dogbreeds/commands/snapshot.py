@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import io
 import json
 import math
@@ -27,14 +28,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import yaml
 from PIL import Image
 
 from dogbreeds import DogbreedsError
 from dogbreeds.analysis.plots import plt
 from dogbreeds.common.cli import run_stage
 from dogbreeds.common.fs import atomic_path, write_json
-from dogbreeds.params import Params, load_params, run_name
+from dogbreeds.params import Params, load_params, parse_yaml, read_yaml, run_name
 
 MAX_PNG_BYTES = 200_000  # the one kind of image git holds: small figures (developer guide)
 RUN_COLUMNS = (
@@ -72,14 +72,55 @@ def params_diff(repo: Path) -> dict[str, dict]:
 
     `dvc exp run -S key=value` edits the workspace's params.yaml, so this is what the study ran
     with beyond the committed defaults."""
-    committed = yaml.safe_load(git(repo, "show", "HEAD:params.yaml") or "{}") or {}
-    ran = yaml.safe_load((repo / "params.yaml").read_text()) or {}
+    committed = parse_yaml(git(repo, "show", "HEAD:params.yaml") or "{}") or {}
+    ran = read_yaml(repo / "params.yaml") or {}
     old, new = flatten(committed), flatten(ran)
     return {
         key: {"commit": old.get(key), "study": new.get(key)}
         for key in sorted(old.keys() | new.keys())
         if old.get(key) != new.get(key)
     }
+
+
+def write_predictions(path: Path, rows: list[dict], metrics: Path) -> None:
+    """Every run's per-image predictions in one gzip'd CSV (run first, then the evaluate
+    stage's columns), so anyone can recompute the report's McNemar tests and bootstrap.
+    gzip's header gets no time or name, so the same study gives the same bytes."""
+    lines = []
+    for i, row in enumerate(rows):
+        source = need(metrics / "eval" / f"{row['run']}-predictions.csv").read_text().splitlines()
+        if i == 0:
+            lines.append(f"run,{source[0]}")
+        lines += [f"{row['run']},{line}" for line in source[1:]]
+    data = ("\n".join(lines) + "\n").encode()
+    with (
+        atomic_path(path) as tmp,
+        tmp.open("wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out,
+    ):
+        out.write(data)
+
+
+def run_commits(rows: list[dict], repo: Path) -> dict[str, str | None]:
+    """run -> the commit its training ran at, from its MLflow run's git tag (None where the
+    store does not have it: a study tracked on another machine's server, say)."""
+    from dogbreeds.tracking.store import sqlite_file, tracking_uri
+
+    uri = tracking_uri(repo.resolve())
+    db = sqlite_file(uri)
+    if db is not None and not db.exists():  # no store here: opening one would create it
+        return {row["run"]: None for row in rows}
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    commits: dict[str, str | None] = {}
+    for row in rows:
+        try:
+            run = client.get_run(row["mlflow_run_id"])
+            commits[row["run"]] = run.data.tags.get("mlflow.source.git.commit")
+        except Exception:  # noqa: BLE001  (a missing store or run: recorded as unknown)
+            commits[row["run"]] = None
+    return commits
 
 
 def machine() -> dict[str, str | int]:
@@ -116,6 +157,7 @@ def run_rows(params: Params, metrics: Path) -> list[dict]:
                 scores = json.loads(need(metrics / "eval" / f"{name}.json").read_text())
                 row = {"run": name, "arch": arch, "schedule": schedule, "seed": seed}
                 row |= {k: train.get(k, "") for k in RUN_COLUMNS if k in train}
+                row["mlflow_run_id"] = train.get("mlflow_run_id")
                 row |= {k: scores[k] for k in ("test_acc", "clean_test_acc", "test_loss")}
                 rows.append(row)
     return rows
@@ -216,6 +258,70 @@ def experiment_name(repo: Path) -> str | None:
     return EXP_REF.match(found[0])["name"] if found else None
 
 
+# What each file of a snapshot is, for its README (files it may lack are skipped there).
+FILES = {
+    "report.md": "the study's report (the report stage's metrics/report.md): the paper's tables "
+    "beside ours, both questions answered, what the study could detect",
+    "headline.json": "mean deformed and clean test accuracy, val accuracy and training wall "
+    "time per net and schedule (metrics/headline.json, DVC's metrics file)",
+    "runs.tsv": "one row per trained net: accuracies, epochs, size, device, precision, threads",
+    "predictions.csv.gz": "every run's per-image predictions on the deformed (`test`) and clean "
+    "(`clean_test`) test images, with each image's id and label (the evaluate stage's "
+    "metrics/eval/<run>-predictions.csv, a `run` column first): the McNemar tests and the "
+    "bootstrap can be recomputed from it",
+    "robustness.tsv": "accuracy against deformation strength per kind, net and schedule: mean "
+    "and 95% interval over seeds (metrics/robustness.tsv)",
+    "timings.json": "training wall time per net and schedule, median and range over seeds: run "
+    "facts, which depend on the machine and on what else ran (metrics/timings.json)",
+    "data.json": "image counts per split, breed and source, and what merge rejected "
+    "(metrics/data.json)",
+    "provenance.json": "the params that differ from the commit's params.yaml, the commit the "
+    "snapshot was taken at and the one each training ran at (`run_commits`, from MLflow), the "
+    "DVC experiment's name, the machine and the wall time",
+    "accuracy-vs-macs.png": "mean deformed test accuracy against MACs per net and schedule",
+    "robustness.png": "accuracy against deformation strength (the report's figure)",
+    "deform_preview.png": "clean and deformed test images side by side",
+}
+
+
+def readme(name: str, folder: Path, provenance: dict) -> str:
+    """results/<name>/README.md: what each file is and the command that regenerates it."""
+    changed = provenance["params_changed"]
+    sets = " ".join(f"-S '{key}={value['study']}'" for key, value in changed.items())
+    lines = [
+        f"# {name}",
+        "",
+        f"Written by `python -m dogbreeds snapshot {name}` from a finished study "
+        f"(DVC experiment `{provenance['dvc_exp_name']}`, commit "
+        f"`{(provenance['commit'] or 'unknown')[:12]}`, on {provenance['machine']['cpu']} with "
+        f"{provenance['machine']['cores']} cores). Nothing in it is recomputed: every number "
+        "comes from the stages' own files.",
+        "",
+        "| file | what it is |",
+        "|---|---|",
+    ]
+    for file in sorted(p.name for p in folder.iterdir()):
+        what = FILES.get(file)
+        if what is None and file.startswith("accuracy-"):
+            what = "training and val accuracy per epoch of one run (the report's figure)"
+        if what is None and file.startswith("offsets-"):
+            what = "where each DeformConv layer samples for the centre pixel, clean and deformed"
+        lines.append(f"| `{file}` | {what or 'written by the snapshot command'} |")
+    lines += [
+        "",
+        "To regenerate it, check out the commit and run the study with the params that differ "
+        "from it, then take the snapshot:",
+        "",
+        "```bash",
+        f"git checkout {(provenance['commit'] or 'HEAD')[:12]}",
+        f"dvc exp run {sets}".rstrip(),
+        f"python -m dogbreeds snapshot {name}",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def snapshot(
     repo: Path, name: str, results: Path, wall_time_s: float | None = None, note: str = ""
 ) -> Path:
@@ -227,27 +333,30 @@ def snapshot(
         folder.mkdir(parents=True)
         for file in ("report.md", "headline.json", "robustness.tsv", "data.json"):
             shutil.copyfile(need(metrics / file), folder / file)
+        if (metrics / "timings.json").exists():  # wall times, kept out of report.md
+            shutil.copyfile(metrics / "timings.json", folder / "timings.json")
         write_runs(folder / "runs.tsv", rows)
+        write_predictions(folder / "predictions.csv.gz", rows, metrics)
         for dest, source in figures(params, repo).items():
             small_png(source, folder / dest)
         accuracy_against_macs(rows, folder / "accuracy-vs-macs.png")
         small_png(folder / "accuracy-vs-macs.png", folder / "accuracy-vs-macs.png")
-        write_json(
-            folder / "provenance.json",
-            {
-                "name": name,
-                "commit": (git(repo, "rev-parse", "HEAD") or "").strip() or None,
-                "code_changed_since_commit": changed_code(repo),
-                "note": note,
-                "dvc_exp_name": experiment_name(repo),
-                "params_changed": params_diff(repo),
-                "machine": machine(),
-                "wall_time_s": wall_time_s,
-                "trainings_wall_time_s": round(math.fsum(r["wall_time_s"] for r in rows), 1),
-                "runs": len(rows),
-                "command": f"python -m dogbreeds snapshot {name}",
-            },
-        )
+        provenance = {
+            "name": name,
+            "commit": (git(repo, "rev-parse", "HEAD") or "").strip() or None,
+            "run_commits": run_commits(rows, repo),
+            "code_changed_since_commit": changed_code(repo),
+            "note": note,
+            "dvc_exp_name": experiment_name(repo),
+            "params_changed": params_diff(repo),
+            "machine": machine(),
+            "wall_time_s": wall_time_s,
+            "trainings_wall_time_s": round(math.fsum(r["wall_time_s"] for r in rows), 1),
+            "runs": len(rows),
+            "command": f"python -m dogbreeds snapshot {name}",
+        }
+        write_json(folder / "provenance.json", provenance)
+        (folder / "README.md").write_text(readme(name, folder, provenance))
     return results / name
 
 

@@ -10,6 +10,7 @@ import importlib
 import sys
 
 COMMANDS = {
+    "answers": "the paper's two questions from a snapshot's runs.tsv, with what they can detect",
     "bench": "training-step and evaluation throughput of every net (docs/performance.md)",
     "cluster": "dvc repro on a Dask cluster: each stage on a worker, shared via the DVC remote",
     "compare": "accuracy against MACs and params across DVC experiments",

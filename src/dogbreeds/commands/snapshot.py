@@ -284,10 +284,17 @@ FILES = {
 }
 
 
+def yaml_value(value) -> str:
+    """A params value as `dvc exp run -S key=value` takes it (YAML: true, [0, 1])."""
+    return (
+        json.dumps(value) if isinstance(value, (bool, list, dict)) or value is None else str(value)
+    )
+
+
 def readme(name: str, folder: Path, provenance: dict) -> str:
     """results/<name>/README.md: what each file is and the command that regenerates it."""
     changed = provenance["params_changed"]
-    sets = " ".join(f"-S '{key}={value['study']}'" for key, value in changed.items())
+    sets = " ".join(f"-S '{key}={yaml_value(value['study'])}'" for key, value in changed.items())
     lines = [
         f"# {name}",
         "",

@@ -50,6 +50,24 @@ def chromium() -> tuple[str, str] | None:
     return (browser, driver) if browser and driver else None
 
 
+def headless_chromium(*extra_args: str):
+    """A selenium driver of the system's headless Chromium (the test skips or fails, as
+    `require` decides, without one), with the flags a sandboxed VM needs plus `extra_args`."""
+    found = chromium()
+    require("Chromium and chromedriver", found is not None)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser, driver_path = found
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    flags = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--disable-background-networking", "--disable-component-update")  # fmt: skip
+    for arg in (*flags, *extra_args):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))

@@ -23,7 +23,7 @@ import yaml
 from conftest import ROOT, run
 from datagen import tiny_params
 from PIL import Image
-from servers import chromium, require
+from servers import headless_chromium
 
 from dogbreeds.analysis.cells import robustness_curves
 from dogbreeds.analysis.dvcplots import write_dvc_plots
@@ -322,20 +322,10 @@ Promise.all(window.__embeds || []).then((embeds) => done(embeds.map((e) => {
 def browser(offline_page: Path, renderer: str) -> list[dict]:
     """Open the page in headless Chromium with every network request failing; return what each
     vegaEmbed call drew."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    found = chromium()
-    require("Chromium and chromedriver", found is not None)
-    browser_path, driver_path = found
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser_path
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update",
-                "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
-                "--window-size=1400,1000"):  # fmt: skip
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver = headless_chromium(
+        "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
+        "--window-size=1400,1000",
+    )  # fmt: skip
     try:
         driver.execute_cdp_cmd("Network.enable", {})
         offline = {"offline": True, "latency": 0, "downloadThroughput": 0, "uploadThroughput": 0}

@@ -34,8 +34,8 @@ from servers import (
     MlflowServer,
     Postgres,
     add_user,
-    chromium,
     has_postgres,
+    headless_chromium,
     mlflow_server,
     moto_s3,
     postgres,
@@ -423,21 +423,10 @@ def test_the_ui_shows_the_training_runs_and_a_val_acc_chart(team: Team, tmp_path
     publish carries `workflowType=machine_learning`, and one click on "Model training" makes the
     plain link open on the runs too.
     """
-    found = chromium()
-    require("Chromium and chromedriver", found is not None)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser, driver_path = found
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update",
-                "--window-size=1600,1000"):  # fmt: skip
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver = headless_chromium("--window-size=1600,1000")
     # The server asks every request who it is: the browser answers as the study's user (the
     # header a login dialog would send, set through the DevTools protocol: headless has no
     # dialog).

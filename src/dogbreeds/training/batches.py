@@ -58,21 +58,26 @@ def augment_thetas(
     return theta
 
 
-def augment(x: torch.Tensor, theta: torch.Tensor | None, padding: str = "border") -> torch.Tensor:
+def augment(
+    x: torch.Tensor,
+    theta: torch.Tensor | None,
+    padding: str = "border",
+    black_corners: bool = False,
+) -> torch.Tensor:
     """Apply per-image affine maps (B, 2, 3) in a single `grid_sample`.
 
     padding: how the image continues beyond its edges (grid_sample's `border` or
-    `reflection`). Where a rotation turns the crop window's corners out of the window, the
-    output is black, as torchvision's RandomRotation fills them: a pixel is black when its
-    point before the crop, (input - shift) / side, leaves [-1, 1].
+    `reflection`). black_corners (the maps rotate): where a rotation turns the crop window's
+    corners out of the window, the output is black, as torchvision's RandomRotation fills
+    them: a pixel is black when its point before the crop, (input - shift) / side, leaves
+    [-1, 1]. A flag from the params, not read off theta, so a GPU step never waits on a sync.
     """
     if theta is None:
         return x
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
-    linear = theta[:, :, :2]
-    if bool((linear[:, 0, 1] != 0).any()):  # some image is rotated
-        side = linear.det().abs().sqrt()[:, None, None, None]  # (B, 1, 1, 1)
+    if black_corners:
+        side = theta[:, :, :2].det().abs().sqrt()[:, None, None, None]  # (B, 1, 1, 1)
         window = (grid - theta[:, None, None, :, 2]) / side  # (B, H, W, 2), crop frame
         inside = (window.abs() <= 1 + 1e-6).all(dim=-1)  # (B, H, W)
         out = out * inside[:, None].to(out.dtype)
@@ -91,6 +96,7 @@ class Batch:
     index: torch.Tensor  # (B,) int64
     theta: torch.Tensor | None  # (B, 2, 3) float32, or None without augmentation
     padding: str = "border"  # grid_sample's padding_mode beyond the image's edges
+    black_corners: bool = False  # the maps rotate: corners turned out of the window are black
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -121,7 +127,7 @@ def epoch_plan(
     for start in range(0, n, batch_size):
         index = order[start : start + batch_size]
         part = None if theta is None else theta[start : start + batch_size]
-        plan.append(Batch(index, part, padding))
+        plan.append(Batch(index, part, padding, augment_params.rotation > 0))
     if len(plan) > 1 and len(plan[-1].index) == 1:
         plan.pop()
     return plan
@@ -133,9 +139,11 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return full + (1 if rest > 1 or full == 0 else 0)
 
 
-def inputs(
-    images: torch.Tensor, normalize: Normalize, theta=None, padding: str = "border"
-) -> torch.Tensor:
-    """uint8 batch -> the net's float input: augmented, normalised, channels_last."""
-    x = normalize(augment(to_unit(images), theta, padding))
+def inputs(images: torch.Tensor, normalize: Normalize, batch: Batch | None = None) -> torch.Tensor:
+    """uint8 batch -> the net's float input: augmented as `batch` says (none without one),
+    normalised, channels_last."""
+    x = to_unit(images)
+    if batch is not None:
+        x = augment(x, batch.theta, batch.padding, batch.black_corners)
+    x = normalize(x)
     return x.contiguous(memory_format=torch.channels_last)

@@ -93,7 +93,7 @@ def train_step(
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """One optimisation step on one batch; returns its summed loss and correct count (on the
     device: no host sync) and the lr it used."""
-    x = inputs(images[batch.index], normalize, batch.theta, batch.padding)
+    x = inputs(images[batch.index], normalize, batch)
     y = labels[batch.index]
     with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
         log_probs = model(x)  # (B, C)

@@ -34,6 +34,11 @@ from dogbreeds.analysis.stats import (
 )
 
 OURS = "deformable"
+# The paper's two questions and the paired measure each is read from (analysis.comparisons).
+QUESTIONS = {
+    "Does the deformable net generalise better?": "clean test acc",
+    "Does it resist deformation better?": "deformed − clean",
+}
 MOST_SEEDS = 10_000  # the seeds-needed search stops here: beyond it, "more than"
 
 

@@ -35,7 +35,13 @@ from dogbreeds.analysis.comparisons import (
     mcnemar_table,
     pairs_table,
 )
-from dogbreeds.analysis.decisions import answer, family_note, seeds_needed_table, t_verdict
+from dogbreeds.analysis.decisions import (
+    QUESTIONS,
+    answer,
+    family_note,
+    seeds_needed_table,
+    t_verdict,
+)
 from dogbreeds.analysis.paper import (
     NET_NAMES,
     PAPER_PARAMS,
@@ -255,10 +261,6 @@ def render_report(params: Params, runs: list[RunResult], curves: list[dict], off
         if comparisons and CURVE in comparisons[0].differences
         else []
     )
-    questions = {
-        "Does the deformable net generalise better?": "clean test acc",
-        "Does it resist deformation better?": "deformed − clean",
-    }
     m = sum("deformable" in (c.a, c.b) for c in comparisons)
     out = [
         "# Results beside the paper",
@@ -286,7 +288,7 @@ def render_report(params: Params, runs: list[RunResult], curves: list[dict], off
         "",
         *[
             "- " + answer(q, what, comparisons, seeds, boot.pairs, params.report.power)
-            for q, what in questions.items()
+            for q, what in QUESTIONS.items()
         ],
         *curve_answer,
         "",
@@ -299,7 +301,7 @@ def render_report(params: Params, runs: list[RunResult], curves: list[dict], off
         "## How many seeds would decide",
         "",
         seeds_needed_table(
-            questions, comparisons, params.report.power, seeds, params.report.min_difference
+            QUESTIONS, comparisons, params.report.power, seeds, params.report.min_difference
         ),
     ]
     for arch in params.train.archs:

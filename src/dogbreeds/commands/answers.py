@@ -19,16 +19,12 @@ from pathlib import Path
 
 from dogbreeds import DogbreedsError
 from dogbreeds.analysis.comparisons import Comparison
-from dogbreeds.analysis.decisions import answer, family_note, seeds_needed_table
+from dogbreeds.analysis.decisions import QUESTIONS, answer, family_note, seeds_needed_table
 from dogbreeds.analysis.stats import paired_test
 from dogbreeds.common.cli import run_stage
 from dogbreeds.common.fs import atomic_path
 from dogbreeds.params import load_params
 
-QUESTIONS = {
-    "Does the deformable net generalise better?": "clean test acc",
-    "Does it resist deformation better?": "deformed − clean",
-}
 MEASURES = {
     "clean test acc": lambda row: row["clean_test_acc"],
     "deformed − clean": lambda row: row["test_acc"] - row["clean_test_acc"],

@@ -442,3 +442,29 @@ def test_batch_mean_accuracy_weighs_a_short_last_batch_as_a_full_one():
     assert value == pytest.approx(round(value), abs=1e-9)
     with pytest.raises(ValueError):
         loop.batch_mean_accuracy(torch.zeros(0, dtype=torch.bool), 16)
+
+
+@pytest.mark.parametrize("arch", ["cnn", "dsc", "deformable"])
+def test_the_weights_layout_sets_the_nets_and_the_inputs_layout_does_not_matter(arch):
+    """prepare_model's layout is the net's: a channels_last net gives the same outputs and
+    gradients bit for bit from a contiguous input as from a channels_last one (so `inputs`
+    converts nothing), and a contiguous net agrees with it to float rounding."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 32, 32)
+    results = {}
+    for layout, x_layout in [("channels_last", torch.channels_last),
+                             ("channels_last", torch.contiguous_format),
+                             ("contiguous", torch.contiguous_format)]:  # fmt: skip
+        torch.manual_seed(1)
+        model = devices.prepare_model(build_model(arch, width_mult=0.25), CPU, layout)
+        out = model(x.contiguous(memory_format=x_layout))
+        out.sum().backward()
+        assert out.is_contiguous() and model.features[0].weight.is_contiguous(
+            memory_format=devices.MEMORY_FORMATS[layout]
+        )
+        results[layout, x_layout] = [out.detach()] + [p.grad for p in model.parameters()]
+    cl_in, plain_in = (results["channels_last", f] for f in (torch.channels_last,
+                                                              torch.contiguous_format))  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(cl_in, plain_in, strict=True))
+    for a, b in zip(cl_in, results["contiguous", torch.contiguous_format], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -13,6 +13,7 @@ MLflow, so it runs on a bare GPU box.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
@@ -29,7 +30,12 @@ from dogbreeds.nets.models import MODELS, build_model
 from dogbreeds.ops.deform_conv import BACKENDS, runs_on
 from dogbreeds.params import AugmentParams
 from dogbreeds.training.batches import epoch_plan
-from dogbreeds.training.devices import AMP_DTYPES, configure_device, prepare_model
+from dogbreeds.training.devices import (
+    AMP_DTYPES,
+    MEMORY_FORMATS,
+    configure_device,
+    prepare_model,
+)
 from dogbreeds.training.loop import predict, train_step
 from dogbreeds.training.optim import make_optimizer
 
@@ -41,6 +47,7 @@ class Result:
     backend: str  # DeformConv backend, "-" for nets without DeformConv
     batch: int
     amp: str  # off | bf16 | fp16
+    memory_format: str  # the weights' layout (devices.MEMORY_FORMATS)
     train_img_s: float
     eval_img_s: float
 
@@ -75,11 +82,12 @@ def bench_one(
     resolution: int,
     steps: int,
     repeats: int,
+    memory_format: str = "channels_last",
 ) -> Result:
     """Throughput of one configuration, on random uint8 data of the real shape."""
     torch.manual_seed(0)
     model = build_model(net, deform_backend=backend if backend != "-" else "auto")
-    model = prepare_model(model, device)
+    model = prepare_model(model, device, memory_format)
     n = batch * 4
     images = torch.randint(0, 256, (n, 3, resolution, resolution), dtype=torch.uint8)
     images, labels = images.to(device), torch.randint(0, 7, (n,)).to(device)
@@ -105,40 +113,55 @@ def bench_one(
     model.train()
     train_rate = median_rate(one_train_step, batch, device, steps, repeats)
     eval_rate = median_rate(eval_step, batch, device, steps, repeats)
-    return Result(str(device), net, backend, batch, amp, train_rate, eval_rate)
+    return Result(str(device), net, backend, batch, amp, memory_format, train_rate, eval_rate)
 
 
-def configurations(devices, batches, amps, backends):
-    """Every (device, net, backend, batch, amp) to time; the deformable net once per backend."""
+def configurations(devices, batches, amps, backends, formats=("channels_last",)):
+    """Every (device, net, backend, batch, amp, memory format) to time; the deformable net
+    once per backend."""
     for device in devices:
-        for batch in batches:
-            for amp in amps:
-                if amp == "fp16" and device.type == "cpu":
-                    continue  # CPU autocast has no fast fp16 path worth timing
-                for net in MODELS:
-                    for backend in backends if net == "deformable" else ["-"]:
-                        if backend != "-" and not runs_on(backend, device):
-                            continue  # fused is CPU-only, triton CUDA-only
-                        if backend == "torchvision" and amp != "off" and device.type == "cpu":
-                            continue  # no bf16 kernel: it upcasts, same as "off"
-                        yield device, net, backend, batch, amp
+        for batch, amp, memory_format in itertools.product(batches, amps, formats):
+            if amp == "fp16" and device.type == "cpu":
+                continue  # CPU autocast has no fast fp16 path worth timing
+            for net in MODELS:
+                for backend in backends if net == "deformable" else ["-"]:
+                    if backend != "-" and not runs_on(backend, device):
+                        continue  # fused is CPU-only, triton CUDA-only
+                    if backend == "torchvision" and amp != "off" and device.type == "cpu":
+                        continue  # no bf16 kernel: it upcasts, same as "off"
+                    yield device, net, backend, batch, amp, memory_format
 
 
 def markdown(results: list[Result]) -> str:
     """The results as a table, with each row's train throughput relative to the cnn's."""
-    cnn = {(r.device, r.batch, r.amp): r.train_img_s for r in results if r.net == "cnn"}
+    def cell(r: Result) -> tuple:
+        return r.device, r.batch, r.amp, r.memory_format
+
+    cnn = {cell(r): r.train_img_s for r in results if r.net == "cnn"}
     lines = [
-        "| device | batch | amp | net | DeformConv | train img/s | vs cnn | eval img/s |",
-        "|---|---:|---|---|---|---:|---:|---:|",
+        "| device | batch | amp | layout | net | DeformConv | train img/s | vs cnn | eval img/s "
+        "| eval / train |",
+        "|---|---:|---|---|---|---|---:|---:|---:|---:|",
     ]
     for r in results:
-        base = cnn.get((r.device, r.batch, r.amp))
+        base = cnn.get(cell(r))
         ratio = f"{r.train_img_s / base:.2f}x" if base else "-"
         lines.append(
-            f"| {r.device} | {r.batch} | {r.amp} | {r.net} | {r.backend} "
-            f"| {r.train_img_s:,.0f} | {ratio} | {r.eval_img_s:,.0f} |"
+            f"| {r.device} | {r.batch} | {r.amp} | {r.memory_format} | {r.net} | {r.backend} "
+            f"| {r.train_img_s:,.0f} | {ratio} | {r.eval_img_s:,.0f} "
+            f"| {r.eval_img_s / r.train_img_s:.1f} |"
         )
     return "\n".join(lines)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (platform.processor() is empty on Linux)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -151,6 +174,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--backend", nargs="+", default=[b for b in BACKENDS if b != "auto"],
         help="DeformConv backends to time",
+    )  # fmt: skip
+    parser.add_argument(
+        "--memory-format", nargs="+", default=["channels_last"], choices=list(MEMORY_FORMATS),
+        help="the nets' weight layouts to time (training always uses channels_last)",
     )  # fmt: skip
     parser.add_argument("--steps", type=int, default=10, help="steps per repeat")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
@@ -178,11 +205,12 @@ def main(argv: list[str] | None = None) -> None:
     for device in devices:
         configure_device(device)
     results = []
-    for config in configurations(devices, args.batch, args.amp, args.backend):
-        device, net, backend, batch, amp = config
+    formats = args.memory_format
+    for config in configurations(devices, args.batch, args.amp, args.backend, formats):
+        device, net, backend, batch, amp, layout = config
         result = bench_one(net, backend, batch, amp, device, args.resolution, args.steps,
-                           args.repeats)  # fmt: skip
-        print(f"{device} batch {batch} {amp} {net} {backend}: train {result.train_img_s:,.0f} "
+                           args.repeats, layout)  # fmt: skip
+        print(f"{device} batch {batch} {amp} {layout} {net} {backend}: train {result.train_img_s:,.0f} "
               f"img/s, eval {result.eval_img_s:,.0f} img/s", flush=True)  # fmt: skip
         results.append(result)
     table = markdown(results)
@@ -191,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "threads": torch.get_num_threads(),
-        "cpu": platform.processor(),
+        "cpu": cpu_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # ATen's kernels: AVX2, ...
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

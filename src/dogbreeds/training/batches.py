@@ -141,9 +141,9 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 def inputs(images: torch.Tensor, normalize: Normalize, batch: Batch | None = None) -> torch.Tensor:
     """uint8 batch -> the net's float input: augmented as `batch` says (none without one),
-    normalised, channels_last."""
+    normalised. Its memory layout is left as it comes: the net's weights set the layout it
+    computes in (`devices.prepare_model`)."""
     x = to_unit(images)
     if batch is not None:
         x = augment(x, batch.theta, batch.padding, batch.black_corners)
-    x = normalize(x)
-    return x.contiguous(memory_format=torch.channels_last)
+    return normalize(x)

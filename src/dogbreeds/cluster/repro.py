@@ -26,6 +26,7 @@ import re
 import subprocess
 import sys
 import uuid
+from fnmatch import fnmatchcase
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 # Passed to every stage's environment when set here; the password never reaches a command line.
 FORWARDED = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 UP_TO_DATE = "Data and pipelines are up to date."
+GPU = "GPU"  # the Dask worker resource a GPU stage asks for: `dask worker --resources GPU=1`
 LOGS = Path(".dvc") / "tmp" / "cluster"
 
 
@@ -126,15 +128,21 @@ def cluster_repro(
     env_names: Sequence[str] = (),
     retries: int = 0,
     say: Callable[[str], None] = print,
+    gpu_stages: Sequence[str] = (),
 ) -> ClusterRun:
     """Run the stages `dvc repro [targets]` would run on the Dask scheduler at `address`, then
-    restore them all here from the run cache."""
+    restore them all here from the run cache. Stages matching a `gpu_stages` pattern run only on
+    workers that offer the GPU resource (`stage_resources`)."""
     from distributed import Client
 
     root = Path(git(root, "rev-parse", "--show-toplevel"))
     commit, git_remote = check_workspace(root, git_remote)
     steps = plan(root, targets)
     say(f"{len(steps)} stages to run at {commit[:12]}: {', '.join(s.stage for s in steps)}")
+    resources = {s.stage: stage_resources(s.stage, gpu_stages) for s in steps}
+    on_gpu = [stage for stage, wants in resources.items() if wants]
+    if on_gpu:
+        say(f"on workers with {GPU}=1 only: {', '.join(on_gpu)}")
     env = forwarded_env(env_names)
     results: dict[str, StageResult] = {}
     if steps:
@@ -144,7 +152,7 @@ def cluster_repro(
             )
             try:
                 run_steps(client, steps, git_remote, commit, env, worker_dir, retries, results,
-                          lambda result: done(root, result, say))  # fmt: skip
+                          lambda result: done(root, result, say), resources)  # fmt: skip
             except Exception as exc:
                 raise ClusterError(f"the cluster run stopped: {exc}") from exc
     twice = [stage for stage, n in Counter(s for r in results.values() for s in r.ran).items()
@@ -162,8 +170,21 @@ def cluster_repro(
     return ClusterRun(commit, steps, results, output)
 
 
-def run_steps(client, steps, git_remote, commit, env, worker_dir, retries, results, on_done):
-    """Submit each step once the steps it reads are done, with their results as values.
+def stage_resources(stage: str, gpu_stages: Sequence[str]) -> dict[str, float] | None:
+    """The Dask resources a stage's task asks for: one GPU when its address matches one of the
+    `gpu_stages` patterns (shell style, e.g. `train@*`), else none, so it runs on any worker.
+
+    Dask holds a task that asks for a resource until a worker that offers it is free: a GPU stage
+    never lands on a CPU-only worker, and two never share one GPU (`--resources GPU=1`).
+    """
+    return {GPU: 1} if any(fnmatchcase(stage, pattern) for pattern in gpu_stages) else None
+
+
+def run_steps(
+    client, steps, git_remote, commit, env, worker_dir, retries, results, on_done, resources=None
+):
+    """Submit each step once the steps it reads are done, with their results as values, asking
+    for the Dask resources `resources` names for it (see `stage_resources`).
 
     Results come back to this process at once and go out again as arguments, never as Dask
     futures that a worker holds: a worker that dies loses only the stage it was running (Dask
@@ -182,6 +203,7 @@ def run_steps(client, steps, git_remote, commit, env, worker_dir, retries, resul
             running.add(client.submit(
                 run_stage, job, *(results[up] for up in step.after),
                 key=f"dvc-repro-{step.stage}-{token}", pure=False, retries=retries,
+                resources=(resources or {}).get(step.stage),
             ))  # fmt: skip
 
     submit_ready()

@@ -42,6 +42,14 @@ def main(argv: list[str] | None = None) -> None:
         "or AWS_ACCESS_KEY_ID (forwarded from here); repeatable",
     )
     repro.add_argument("--retries", type=int, default=0, help="reruns of a stage that fails")
+    repro.add_argument(
+        "--gpu-stages",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="stages (shell pattern on the address, e.g. 'train@*') that run only on workers "
+        "started with --resources GPU=1, one at a time each; repeatable",
+    )
     args = parser.parse_args(argv)
 
     lock = threading.Lock()  # the stages' lines arrive on Dask's thread
@@ -56,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
 
         cluster_repro(
             args.address, args.targets, Path("."), args.git_remote, args.worker_dir, args.env,
-            args.retries, say,
+            args.retries, say, args.gpu_stages,
         )  # fmt: skip
 
     run_stage(cluster)

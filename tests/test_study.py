@@ -43,10 +43,19 @@ def ran(proc) -> set[str]:
 
 
 def tracked_runs(repo: Path) -> list:
-    """Every MLflow run in the repository's own store."""
+    """Every training's MLflow run in the repository's own store (not the study runs)."""
     client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("dogbreeds")
-    return client.search_runs([experiment.experiment_id], max_results=1000)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    return [r for r in runs if "dogbreeds.study" not in r.data.tags]
+
+
+def study_runs(repo: Path) -> dict[str, object]:
+    """The study runs of the repository's store, by name (tests/test_study_run.py has more)."""
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("dogbreeds")
+    runs = client.search_runs([experiment.experiment_id], "tags.`dogbreeds.study` LIKE '%'")
+    return {r.info.run_name: r for r in runs}
 
 
 def stale_stages(repo: Path) -> set[str]:
@@ -86,6 +95,12 @@ def test_study_reruns_only_what_changed_and_tracks_every_run(project: Path):
         assert r.data.params["model.resolution"] == "32"
         assert r.data.tags["mlflow.source.git.commit"]
         assert r.info.status == "FINISHED"
+    # one study run for the repro, the trainings its children, the report's headline in it
+    [(name, parent)] = study_runs(project).items()
+    assert name.startswith("workspace-")
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    assert "cnn.s20_14_6.test_acc" in parent.data.metrics
+    assert "report.md" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     report = (project / "metrics/report.md").read_text()
     for net in ("CNN", "DSC", "DeformableCNN"):
         assert f"## DogBreedClassification{net}" in report
@@ -169,6 +184,8 @@ def test_study_reruns_only_what_changed_and_tracks_every_run(project: Path):
     assert ran(experiment) == stages_of(0, {"cnn-s20_14_6"}) | {"offsets", "report"}
     from_exp = [r for r in tracked_runs(project) if r.data.tags.get("dvc_exp_name") == "cool-cnn"]
     assert [r.info.run_name for r in from_exp] == ["cnn-s20_14_6-0"]
+    cool = study_runs(project)["cool-cnn"]  # the experiment's own study run
+    assert from_exp[0].data.tags["mlflow.parentRunId"] == cool.info.run_id
     assert "test_acc" in from_exp[0].data.metrics  # the evaluation found the training's run
     artifacts = project / "mlartifacts" / from_exp[0].info.run_id / "artifacts"
     assert (artifacts / "cnn-s20_14_6-0-confusion.json").exists()  # survived the temporary copy

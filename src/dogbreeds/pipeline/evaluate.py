@@ -6,7 +6,8 @@ beside the paper's) and the same images undeformed, so the cost of the deformati
 confusion matrix), every test image's predicted class (clean and deformed) as CSV for the
 report's paired tests, the accuracy on every robustness set (`dogbreeds.data.robustness`) as
 `<run>-robustness.json` and DVC's confusion-template JSON, and logs the test metrics into the
-MLflow run that trained the net. The scores themselves come from `dogbreeds.analysis.scores`.
+MLflow run that trained the net, linked to the model it logged. The scores themselves come from
+`dogbreeds.analysis.scores`.
 
 It draws no figure (the report stage draws the confusion matrices, so restyling a figure
 reruns no evaluation) and registers no model: choosing a champion is a deliberate step over all
@@ -153,7 +154,9 @@ def run_evaluation(
     # test metrics only: val_* would clash with the training's per-epoch series of that name
     flat = {k: v for k, v in results.items() if k.startswith(("test_", "clean_test_"))}
     flat.update({f"test_acc_{b}": acc for b, acc in results["per_class_test_acc"].items()})
-    run.log_metrics(flat)
+    # ... linked to the net's logged model too, so MLflow ranks models by them
+    # (`search_logged_models(order_by=...)`, `register --rank-by test_acc`)
+    run.log_metrics(flat, model_id=run.logged_model_id())
     for kind, curve in curves.items():  # one series per kind; step = strength x 100
         for strength, acc in curve.items():
             run.log_metrics({f"robust_acc_{kind}": acc}, step=round(float(strength) * 100))

@@ -10,6 +10,8 @@ run.
 A training that dies (SIGKILL, power cut) resumes on the next run from its last finished epoch
 (`dogbreeds.training.resume`): the dead attempt's MLflow run is marked FAILED, and the new
 run, tagged `resumed_from_run`, logs the earlier epochs again so its curves are whole.
+Each run is a child of the study's MLflow run (`tracking.study`) and carries MLflow's system
+metrics (`system/*`) over its length.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from dogbreeds.data.preprocess import Normalize, input_stats
 from dogbreeds.nets.models import MODELS, build_model, net_size
 from dogbreeds.ops.deform_conv import default_backend
 from dogbreeds.params import Params, Schedule, for_seed, run_name, select_run
-from dogbreeds.tracking import lineage
+from dogbreeds.tracking import lineage, study
 from dogbreeds.tracking import runs as tracking
 from dogbreeds.tracking.store import store_root
 from dogbreeds.training import resume
@@ -104,13 +106,14 @@ def run_training(
         saved = resume.load_state(state_path) if owned else None
         state, earlier = saved if saved else (None, {})
         tags = {**tracking.run_tags(arch, schedule_name), "seed": str(seed)}
+        tags |= study.child_tags()  # a child of this repro's or experiment's study run
         if owned:  # runs an earlier, killed attempt left RUNNING end FAILED
             tracking.fail_abandoned_runs(key, partial(lineage.dvc_records, root=store_root()))
             tags[tracking.RESUME_KEY_TAG] = key
         if state is not None:
             tags |= resumed_tags(name, state, earlier, sum(schedule.epochs))
 
-        with tracking.training_run(name, tags) as run:
+        with tracking.training_run(name, tags, system=True) as run:  # CPU, memory, GPU too
             run.log_params(run_params(params, arch, schedule))
             run.set_tags({f"runtime.{k}": v for k, v in info.items()})
             for record in state.history if state else []:  # the run's curves start at epoch 1

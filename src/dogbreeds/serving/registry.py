@@ -4,7 +4,10 @@
 epoch) among the study's runs of that net for the current params, read from the train stages'
 own outputs (`metrics/train/<run>.json`, which name each run's MLflow id), so a team sees one
 answer to "which cnn do we use?", `models:/dogbreeds-cnn@champion`. Test accuracy is never used
-to choose: it is the number the study reports.
+to choose by default: it is the number the study reports. `rank_by` names a metric the evaluate
+stage linked to each logged model instead (`test_acc`, `clean_test_acc`, ...), and MLflow ranks
+the models by it (`search_logged_models(order_by=...)`); the card then says the champion was
+chosen on the test set, whose numbers for it are then optimistic.
 
 Registration is a deliberate step (`python -m dogbreeds register`, after `dvc repro` or
 `dvc exp apply` of the experiment to ship), not part of any stage: a stage registering in a
@@ -22,7 +25,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -51,13 +55,16 @@ def registered_name(arch: str) -> str:
 
 @dataclass(frozen=True)
 class Champion:
-    """One registered champion: which run, which version, and its val accuracy."""
+    """One registered champion: which run, which version, its val accuracy, and the metric it
+    was ranked by with its value (val_acc unless `register --rank-by` said otherwise)."""
 
     name: str
     version: str
     run_id: str
     run_name: str
     val_acc: float
+    ranked_by: str = SELECT_BY
+    score: float | None = None
 
     @property
     def uri(self) -> str:
@@ -101,6 +108,7 @@ class Candidate:
     order: int  # position in params order (arch, schedule, seed): breaks ties
     schedule: str = ""
     seed: int = 0
+    score: float | None = None  # the model-linked metric it is ranked by, when not val_acc
 
 
 def candidates(params: Params, metrics_dir: Path = Path("metrics/train")) -> list[Candidate]:
@@ -133,14 +141,48 @@ def candidates(params: Params, metrics_dir: Path = Path("metrics/train")) -> lis
     return found
 
 
-def choose(found: list[Candidate]) -> dict[str, Candidate]:
-    """The champion of each net: highest final val_acc; a tie goes to the earlier in params order
-    (schedule, then seed), so the same outputs always give the same champions."""
+def choose(
+    found: list[Candidate], by: Callable[[Candidate], float] = lambda c: c.val_acc
+) -> dict[str, Candidate]:
+    """The champion of each net: highest final val_acc (or `by`); a tie goes to the earlier in
+    params order (schedule, then seed), so the same outputs always give the same champions."""
     best: dict[str, Candidate] = {}
     for candidate in sorted(found, key=lambda c: c.order):
-        if candidate.arch not in best or candidate.val_acc > best[candidate.arch].val_acc:
+        if candidate.arch not in best or by(candidate) > by(best[candidate.arch]):
             best[candidate.arch] = candidate
     return dict(sorted(best.items(), key=lambda item: item[1].order))
+
+
+def latest_value(metrics: list, key: str) -> float | None:
+    """The value MLflow ranks a logged model by: its latest `key` (a rerun evaluation wins)."""
+    points = [m for m in metrics if m.key == key]
+    return max(points, key=lambda m: (m.timestamp, m.step)).value if points else None
+
+
+def ranked_by_model_metric(
+    found: list[Candidate], metric: str, root: Path | None = None
+) -> list[Candidate]:
+    """The candidates whose logged model carries `metric`, best first as MLflow ranks them
+    (`search_logged_models(order_by=...)` over the metrics the evaluate stage linked to each
+    model), each with its value as `score`; a model without it (not evaluated) is left out."""
+    client, experiment_id = store.open_experiment(root)
+    by_run = {c.run_id: c for c in found}
+    runs = ", ".join(f"'{run_id}'" for run_id in by_run)
+    query = f"name = '{pyfunc.MODEL_NAME}' AND source_run_id IN ({runs})"
+    order = [{"field_name": f"metrics.{metric}", "ascending": False}]
+    ranked, token = [], None
+    while True:  # pages of MLflow's default size: a study has 45 nets, a store may have more
+        page = client.search_logged_models(
+            [experiment_id], filter_string=query, order_by=order, page_token=token
+        )
+        for model in page:
+            score = latest_value(model.metrics or [], metric)
+            candidate = by_run.pop(model.source_run_id, None)  # a run's newest model only
+            if candidate is not None and score is not None:
+                ranked.append(replace(candidate, score=score))
+        token = page.token
+        if not token:
+            return ranked
 
 
 @dataclass(frozen=True)
@@ -153,14 +195,24 @@ class Card:
     data_kind: str
 
 
-def study_card(params: Params, candidate: Candidate, metrics_dir: Path) -> Card:
-    """The card of one champion of the study `params` describes."""
+def study_card(
+    params: Params, candidate: Candidate, metrics_dir: Path, rank_by: str = SELECT_BY
+) -> Card:
+    """The card of one champion of the study `params` describes; it says how it was chosen."""
+    card_says, description_says = {}, {}  # val_acc: the card's own words
+    if rank_by != SELECT_BY:
+        linked = f"the highest {rank_by} linked to its logged model in MLflow"
+        description_says = {"chosen_by": linked}
+        card_says = {"chosen_by": f"{linked}; chosen on those images, so its numbers on them "
+                                  "are optimistic"}  # fmt: skip
     return Card(
         card.model_card(
             params, candidate.arch, candidate.schedule, candidate.seed, candidate.run_id,
-            metrics_dir,
+            metrics_dir, **card_says,
         ),
-        card.model_description(candidate.arch, params, "{version}", candidate.run_name),
+        card.model_description(
+            candidate.arch, params, "{version}", candidate.run_name, **description_says
+        ),
         "synthetic" if card.is_synthetic(params) else "real",
     )  # fmt: skip
 
@@ -177,13 +229,19 @@ def write_card(client: MlflowClient, name: str, version: str, written: Card) -> 
 
 
 def register(
-    candidate: Candidate, root: Path | None = None, written: Card | None = None
+    candidate: Candidate,
+    root: Path | None = None,
+    written: Card | None = None,
+    rank_by: str = SELECT_BY,
 ) -> Champion:
     """Point `dogbreeds-<arch>@champion` at the candidate's logged model, under the store's
     lock, with its card when given; a champion that is already registered gets no new version
-    (idempotent)."""
+    (idempotent). The version is tagged with its val_acc and with the `rank_by` metric's value."""
     client, experiment_id = store.open_experiment(root)
     name = registered_name(candidate.arch)
+    tags = {SELECT_BY: f"{candidate.val_acc:.4f}"}
+    if candidate.score is not None:
+        tags[rank_by] = f"{candidate.score:.4f}"
 
     def point_alias() -> str:
         current = current_champion(client, name)
@@ -208,7 +266,7 @@ def register(
                 source=f"models:/{model_id}",
                 run_id=candidate.run_id,
                 model_id=model_id,
-                tags={SELECT_BY: f"{candidate.val_acc:.4f}"},
+                tags=tags,
             )
         client.set_registered_model_alias(name, ALIAS, created.version)
         if written is not None:
@@ -220,7 +278,10 @@ def register(
         return str(created.version)
 
     version = store.write(client.tracking_uri, point_alias, "registration")
-    return Champion(name, version, candidate.run_id, candidate.run_name, candidate.val_acc)
+    score = candidate.val_acc if candidate.score is None else candidate.score
+    return Champion(
+        name, version, candidate.run_id, candidate.run_name, candidate.val_acc, rank_by, score
+    )
 
 
 def register_study(
@@ -228,15 +289,29 @@ def register_study(
     metrics_dir: Path = Path("metrics/train"),
     root: Path | None = None,
     force: bool = False,
+    rank_by: str = SELECT_BY,
 ) -> dict[str, Champion]:
     """Choose every net's champion from the study's outputs and register it with its card;
-    a study on synthetic data is refused unless `force`."""
+    a study on synthetic data is refused unless `force`. `rank_by` other than val_acc: a
+    metric linked to the logged models (`ranked_by_model_metric`)."""
     if card.is_synthetic(params) and not force:
         raise RegistryError(
             f"data.sources {params.data.sources}: these nets were trained on synthetic images, "
             "not dog photos; no champion made (register --force to make them champions anyway)"
         )
-    chosen = choose(candidates(params, metrics_dir))
+    found = candidates(params, metrics_dir)
+    if rank_by == SELECT_BY:
+        chosen = choose(found)
+    else:
+        chosen = choose(ranked_by_model_metric(found, rank_by, root), by=lambda c: c.score)
+        unranked = sorted({c.arch for c in found} - set(chosen))
+        if unranked:
+            raise RegistryError(
+                f"no logged model of the study's {', '.join(unranked)} nets has the metric "
+                f"{rank_by!r} (run their evaluations first: dvc repro; linked metrics are the "
+                "evaluate stage's test_* and clean_test_*)"
+            )
     return {
-        arch: register(c, root, study_card(params, c, metrics_dir)) for arch, c in chosen.items()
+        arch: register(c, root, study_card(params, c, metrics_dir, rank_by), rank_by)
+        for arch, c in chosen.items()
     }

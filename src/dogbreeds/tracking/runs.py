@@ -2,7 +2,10 @@
 
 A `Run` logs through an explicit client (no global active run), every write under the store's
 lock (`store.write`). A training killed mid-run cannot end its own run: the next attempt marks it
-FAILED (`fail_abandoned_runs`, `mark_failed`), so the store never keeps a run RUNNING.
+FAILED (`fail_abandoned_runs`, `mark_failed`), so the store never keeps a run RUNNING. The one
+exception to "no global active run" is `system_metrics`: MLflow samples CPU, memory and GPU only
+for a run its fluent API holds active. Each training run is a child of its study's run
+(`tracking.study`).
 """
 
 from __future__ import annotations
@@ -13,13 +16,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dogbreeds.common.redact import redact
-from dogbreeds.tracking.store import open_experiment, ui_url, write
+from dogbreeds.tracking.store import (
+    global_tracking_uri,
+    open_experiment,
+    store_lock,
+    ui_url,
+    write,
+)
 
 if TYPE_CHECKING:  # MLflow is imported where a run is opened (see tracking.store)
     from mlflow import MlflowClient
@@ -87,11 +96,18 @@ class Run:
         items = [Param(key, redact(value)) for key, value in flatten(params).items()]
         self._write(lambda: self.client.log_batch(self.run_id, params=items), "params")
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+    def log_metrics(
+        self, metrics: Mapping[str, float], step: int = 0, model_id: str | None = None
+    ) -> None:
+        """Metrics of the run at `step`; with `model_id`, also of that logged model, where
+        `search_logged_models(order_by=...)` ranks models by them."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        batch = [
+            Metric(key, float(value), now, step, model_id=model_id)
+            for key, value in metrics.items()
+        ]
         self._write(lambda: self.client.log_batch(self.run_id, metrics=batch), "metrics")
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
@@ -100,8 +116,27 @@ class Run:
         items = [RunTag(k, redact(str(v))) for k, v in tags.items()]
         self._write(lambda: self.client.log_batch(self.run_id, tags=items), "tags")
 
-    def log_artifact(self, path: Path) -> None:
-        self._write(lambda: self.client.log_artifact(self.run_id, str(path)), "artifact")
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self._write(
+            lambda: self.client.log_artifact(self.run_id, str(path), artifact_path), "artifact"
+        )
+
+    def log_artifacts(self, folder: Path, artifact_path: str) -> None:
+        """Every file under `folder`, into the run's `artifact_path`, in one write."""
+        self._write(
+            lambda: self.client.log_artifacts(self.run_id, str(folder), artifact_path), "artifacts"
+        )
+
+    def logged_model_id(self) -> str | None:
+        """The id of the model this run logged (a training logs one), or None (a run made
+        for an evaluation whose training is not in this store). Found by the run alone, so an
+        evaluation need not import the serving code that names the model (a second per stage).
+        """
+        experiment_id = self.client.get_run(self.run_id).info.experiment_id
+        models = self.client.search_logged_models(
+            [experiment_id], filter_string=f"source_run_id = '{self.run_id}'", max_results=1
+        )
+        return models[0].model_id if models else None
 
     def end(self, status: str = "FINISHED") -> None:
         self._write(lambda: self.client.set_terminated(self.run_id, status=status), "end")
@@ -122,12 +157,84 @@ def start_run(run_name: str, tags: Mapping[str, str], root: Path | None = None) 
     return Run(client, run.info.run_id)
 
 
+def start_system_metrics(run: Run) -> bool:
+    """Have MLflow sample the machine (`system/cpu_utilization_percentage`, memory, disk,
+    network, GPU) into `run` from now on; False, with a warning, if it cannot.
+
+    MLflow's only public switch for this is `mlflow.start_run(log_system_metrics=True)` (its
+    monitor class is not in the API reference), so the run is resumed in the fluent API for
+    the training's length. It samples every 10 s, MLflow's default
+    (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL changes it): a thread reading psutil, no cost a
+    training notices. A run the monitor cannot start for is still a run: tracking never stops a
+    training.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = run.client.tracking_uri
+
+    def resume() -> None:
+        mlflow.start_run(run_id=run.run_id, log_system_metrics=True)
+
+    try:
+        # The monitor keeps the URI it was made with: the global one is needed only meanwhile.
+        with global_tracking_uri(uri):
+            write(uri, resume, "system metrics")
+    except MlflowException as exc:
+        log.warning("MLflow run %s: no system metrics (%s)", run.run_id, redact(str(exc))[:200])
+        return False
+    return True
+
+
+def stop_system_metrics(run: Run, status: str) -> None:
+    """End the fluent run that `start_system_metrics` resumed, with the block's `status`, and
+    flush the monitor's last samples.
+
+    The monitor writes from its own thread without the store's lock (MLflow's code, not ours);
+    under `dvc queue -j 2` a write of it that meets a locked SQLite file past the 20 s busy
+    timeout makes MLflow stop sampling that run with a warning, and the training goes on.
+    """
+    import mlflow
+
+    uri = run.client.tracking_uri
+    try:
+        with global_tracking_uri(uri), store_lock(uri) or nullcontext():
+            mlflow.end_run(status)  # sets the status, stops the monitor, logs what it holds
+    except Exception as exc:  # keep the training's own outcome, as training_run does
+        log.warning(
+            "MLflow run %s: system metrics not stopped cleanly (%s)",
+            run.run_id,
+            redact(" ".join(str(exc).split())[:200]),
+        )
+
+
 @contextmanager
-def training_run(run_name: str, tags: Mapping[str, str], root: Path | None = None) -> Iterator[Run]:
-    """A new run that ends FINISHED, or FAILED if the block raises."""
+def system_metrics(run: Run) -> Iterator[None]:
+    """System metrics sampled into `run` while the block runs (see `start_system_metrics`)."""
+    started = start_system_metrics(run)
+    status = "FAILED"
+    try:
+        yield
+        status = "FINISHED"
+    finally:
+        if started:
+            stop_system_metrics(run, status)
+
+
+@contextmanager
+def training_run(
+    run_name: str,
+    tags: Mapping[str, str],
+    root: Path | None = None,
+    system: bool = False,
+) -> Iterator[Run]:
+    """A new run that ends FINISHED, or FAILED if the block raises; with `system`, MLflow's
+    system metrics sampled into it meanwhile (a training's: a test's or an evaluation's run
+    has no use for them)."""
     run = start_run(run_name, tags, root)
     try:
-        yield run
+        with system_metrics(run) if system else nullcontext():
+            yield run
     except BaseException:
         try:
             run.end("FAILED")
@@ -225,7 +332,10 @@ def resume_run(
             run_name,
             redact(client.tracking_uri),
         )
-        run = start_run(run_name, {**tags, "trained_in_run": run_id}, root)
+        from dogbreeds.tracking import study  # it builds on this module: imported when needed
+
+        tags = {**tags, "trained_in_run": run_id, **study.child_tags(root)}
+        run = start_run(run_name, tags, root)
         run.end("FINISHED")
         return run
     return Run(client, run_id)

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 # Before it is imported: no usage telemetry, and no INFO chatter in every stage's log.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-for _noisy in ("mlflow", "alembic"):
+for _noisy in ("mlflow", "mlflow.system_metrics", "alembic"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 # MLflow logs every SQLite OperationalError (locked, disk full) with its traceback, then raises
 # it as an MlflowException, which `write` retries or turns into one line: keep the raise only.

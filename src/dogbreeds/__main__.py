@@ -23,6 +23,7 @@ COMMANDS = {
     "repro": "dvc repro, after repairing a dvc.lock that a killed run cut short (make study)",
     "snapshot": "copy a finished study's report, metrics and figures into results/",
     "summary": "params and MACs of the three nets at a given alpha and side",
+    "verify": "rerun a committed study (results/<study>) and judge it against its snapshot",
 }
 
 

@@ -27,6 +27,10 @@ whatever the study's params name: the synthetic source for a smoke study, the ar
 taken as an earlier rerun (or the study's own repository) and reused: its params must be the
 study's, and runs whose results it already holds are compared without rerunning them. The
 verdicts go to DIR/verify.md (or `--out`) and to the terminal.
+
+The module is longer than most (about 600 lines) because it is one command in four parts read
+in order: the snapshot's record, the study's params, the rerun, and the judgement with its
+table; split up, none of them would be used alone.
 """
 
 from __future__ import annotations

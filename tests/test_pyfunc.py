@@ -163,14 +163,12 @@ def test_pyfunc_model_takes_image_bytes_and_returns_one_column_per_breed(
     direct = Classifier.from_checkpoint(checkpoint).probabilities(images).numpy()
     assert np.allclose(out.to_numpy(), direct, atol=1e-6)  # the same preprocessing and net
 
-    # logged without MLflow's own checks (pyfunc.log_model): the example still serves, the
-    # requirements are the installed pins, and the check that was skipped still exists
+    # logged without MLflow's own checks (compat.mlflow_checks_skipped): the example still
+    # serves and the requirements are the installed pins (tests/test_compat.py: the shim)
     assert list(model.predict(model.input_example).columns) == BREEDS
     with store.global_tracking_uri(store.tracking_uri(tmp_path)):
         requirements = mlflow.pyfunc.get_model_dependencies(f"runs:/{run.run_id}/model")
     assert set(pyfunc.pip_requirements()) <= set(Path(requirements).read_text().split())
-    assert callable(mlflow.utils.environment.warn_dependency_requirement_mismatches)
-    assert callable(mlflow.models.utils._validate_serving_input)
 
 
 def test_runs_show_source_dataset_and_the_experiment_opens_on_training(tmp_path, monkeypatch):

@@ -29,7 +29,10 @@ def plan(root: Path, targets: Sequence[str] = ()) -> list[Step]:
     """The stages to run for `dvc repro [targets]` in `root`, dependencies first."""
     import networkx as nx
     from dvc.repo import Repo
-    from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
+
+    from dogbreeds.compat import repro_planner
+
+    collect_stages, get_active_graph, plan_repro = repro_planner()
 
     root = Path(root).resolve()
     with chdir(root), Repo(str(root)) as repo, repo.lock:  # addresses relative to the root

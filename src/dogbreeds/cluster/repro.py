@@ -26,10 +26,10 @@ import re
 import subprocess
 import sys
 import uuid
-from fnmatch import fnmatchcase
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from dogbreeds import DogbreedsError

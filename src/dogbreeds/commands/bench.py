@@ -134,6 +134,7 @@ def configurations(devices, batches, amps, backends, formats=("channels_last",))
 
 def markdown(results: list[Result]) -> str:
     """The results as a table, with each row's train throughput relative to the cnn's."""
+
     def cell(r: Result) -> tuple:
         return r.device, r.batch, r.amp, r.memory_format
 
@@ -210,8 +211,9 @@ def main(argv: list[str] | None = None) -> None:
         device, net, backend, batch, amp, layout = config
         result = bench_one(net, backend, batch, amp, device, args.resolution, args.steps,
                            args.repeats, layout)  # fmt: skip
-        print(f"{device} batch {batch} {amp} {layout} {net} {backend}: train {result.train_img_s:,.0f} "
-              f"img/s, eval {result.eval_img_s:,.0f} img/s", flush=True)  # fmt: skip
+        print(f"{device} batch {batch} {amp} {layout} {net} {backend}: "
+              f"train {result.train_img_s:,.0f} img/s, eval {result.eval_img_s:,.0f} img/s",
+              flush=True)  # fmt: skip
         results.append(result)
     table = markdown(results)
     meta = {

@@ -28,10 +28,11 @@ def lock_problem(lock: Path = LOCK) -> str | None:
     if not text.strip():
         return "empty"
     import yaml
-    from dvc.schema import COMPILED_LOCKFILE_SCHEMA
+
+    from dogbreeds.compat import lockfile_schema
 
     try:
-        COMPILED_LOCKFILE_SCHEMA(yaml.safe_load(text))
+        lockfile_schema()(yaml.safe_load(text))
     except yaml.YAMLError as exc:
         return f"not YAML ({str(exc).splitlines()[0]})"
     except Exception as exc:  # voluptuous.Invalid: a stage entry cut short

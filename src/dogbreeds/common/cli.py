@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import logging
-import os
 import sys
-import threading
 from collections.abc import Callable
 from typing import NoReturn
 
 from dogbreeds import DogbreedsError
+from dogbreeds.compat import exit_now
 
 
 def run_stage(main: Callable[[], None]) -> NoReturn:
@@ -33,19 +30,7 @@ def run_stage(main: Callable[[], None]) -> NoReturn:
 
 
 def end_process(status: int) -> NoReturn:
-    """Exit as the interpreter would, less its teardown of every module.
-
-    What an exit does first still happens, in CPython's order: threading's exit hooks (which
-    stop idle `concurrent.futures` workers, such as MLflow's artifact uploads) and the join of
-    every non-daemon thread (`threading._shutdown`, the interpreter's own call), then the atexit
-    handlers (MLflow's, logging's flush), then stdout and stderr flushed. Then `os._exit` skips
-    the garbage collection of torch's and MLflow's thousands of modules and their C++ static
-    destructors, about a second of every stage that imports them (`python -m dogbreeds
-    fixedcost`, "after last step").
-    """
-    threading._shutdown()
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a reader gone, a stream closed
-            stream.flush()
-    os._exit(status)
+    """Exit as the interpreter would, less its teardown of every module (about a second of
+    every stage that imports torch and MLflow: `python -m dogbreeds fixedcost`, "after last
+    step"), unless a file is still open for writing: `compat.exit_now`."""
+    exit_now(status)

@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dogbreeds.compat import per_sample_weights_backward
 from dogbreeds.ops.cpu_kernel import cpu_kernel, cpu_kernel_error
 
 BACKENDS = ("auto", "reference", "gather", "fused", "triton", "torchvision")
@@ -273,8 +274,8 @@ class GatherSampler:
             # same op embedding_bag's own backward uses for per_sample_weights), then the sum.
             N = corners.shape[0]
             bags = torch.arange(N, device=corners.device)
-            dots = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                grad_cols, x_rows, corners.view(-1), bags * 4, bags.repeat_interleave(4), 0
+            dots = per_sample_weights_backward(
+                grad_cols, x_rows, corners.view(-1), bags * 4, bags.repeat_interleave(4)
             ).view(N, 4)
             grad_py = (dots * dbw_dy).sum(-1).view(B, H, W, K * K)
             grad_px = (dots * dbw_dx).sum(-1).view(B, H, W, K * K)

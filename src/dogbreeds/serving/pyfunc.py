@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -27,14 +25,13 @@ from dogbreeds.tracking import store  # noqa: F401  (sets MLflow's environment b
 
 # isort: split
 
-import mlflow.models.utils
 import mlflow.pyfunc
-import mlflow.utils.environment
 import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 from PIL import Image
 
+from dogbreeds.compat import mlflow_checks_skipped
 from dogbreeds.serving.classifier import Classifier
 from dogbreeds.tracking.runs import Run
 from dogbreeds.tracking.store import global_tracking_uri, store_root, tracking_uri
@@ -113,40 +110,13 @@ def model_kwargs(checkpoint: Path) -> dict:
     }
 
 
-@contextmanager
-def mlflow_checks_skipped() -> Iterator[None]:
-    """Two checks of MLflow's model logging left out, each about 1 s per model on 2 cores
-    (docs/performance.md, "A stage's fixed cost"):
-
-    - that the installed packages satisfy the requirements: `pip_requirements` pins exactly the
-      installed versions, read a moment before, so it can only pass; it scans every installed
-      distribution's files (`importlib.metadata.packages_distributions`);
-    - that the input example serves: MLflow loads the model back and predicts it (pyfunc's
-      log_model has no switch for it); tests/test_pyfunc.py loads the logged model and predicts
-      its example instead, and checks that both functions still exist, so an MLflow upgrade
-      that renames them fails there.
-    """
-    patches = [
-        (mlflow.utils.environment, "warn_dependency_requirement_mismatches"),
-        (mlflow.models.utils, "_validate_serving_input"),
-    ]
-    originals = [getattr(module, name) for module, name in patches]
-    for module, name in patches:
-        setattr(module, name, lambda *args, **kwargs: None)
-    try:
-        yield
-    finally:
-        for (module, name), original in zip(patches, originals, strict=True):
-            setattr(module, name, original)
-
-
 def log_model(run: Run, checkpoint: Path) -> str:
     """Log a checkpoint as the run's MLflow model (`runs:/<run_id>/model`); return its URI.
 
     A pyfunc with preprocessing, signature and input example (above). MLflow's model logging
     reads the global tracking URI (see `global_tracking_uri`), and would create the logged
     model in the globally active experiment, so it is created here, in the run's. Two of
-    MLflow's checks are left out (`mlflow_checks_skipped`).
+    MLflow's checks are left out (`compat.mlflow_checks_skipped`).
     """
     experiment_id = run.client.get_run(run.run_id).info.experiment_id
     model = run.client.create_logged_model(

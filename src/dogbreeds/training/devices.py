@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from dogbreeds import DogbreedsError
+from dogbreeds.compat import native_cpu_bf16
 
 
 class TrainingError(DogbreedsError):
@@ -27,11 +28,6 @@ AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # faster than float32 (`python -m dogbreeds bench`; docs/performance.md). dsc is slower in bf16:
 # its depthwise convs. Elsewhere `auto` is float32.
 CPU_AUTO_AMP = {"cnn": "bf16", "dsc": "off", "deformable": "bf16"}
-
-
-def native_cpu_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AMX tiles or AVX512-BF16)."""
-    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
 
 
 def resolve_amp(amp: str, device: torch.device, arch: str) -> str:

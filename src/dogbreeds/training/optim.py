@@ -7,56 +7,19 @@ the lr, in a second parameter group.
 Without torch.compile, the optimiser never needs `torch._dynamo`, yet torch imports it (about
 1.3 s on 2 cores, docs/performance.md "A stage's fixed cost") on the first call of any optimiser
 function it wraps in `torch._disable_dynamo`, and in every `Adam.step`, whose wrapper imports it
-to insert graph breaks. `skip_dynamo_import` and `EagerAdam` spare a stage that import.
+to insert graph breaks. `compat.skip_dynamo_import` and `EagerAdam` spare a stage that import.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import sys
-from collections.abc import Iterator
 
 import torch
 from torch import nn
 
+from dogbreeds.compat import adam_step_without_dynamo, skip_dynamo_import
 from dogbreeds.nets.models import offset_parameters
 from dogbreeds.params import OneCycleParams
-
-
-def _disable_dynamo_wrappers() -> Iterator:
-    """The functions torch wrapped with `torch._disable_dynamo` in Optimizer, Adam and `adam`
-    (directly, or one closure level down as `_disable_dynamo_if_unsupported` does)."""
-    inner = torch._disable_dynamo(lambda: None).__code__  # the wrapper's code object
-    owners = [*vars(torch.optim.Optimizer).values(), *vars(torch.optim.Adam).values()]
-    adam = importlib.import_module("torch.optim.adam").adam  # torch.optim deletes the name
-    for fn in [*owners, adam]:
-        cells = [c.cell_contents for c in getattr(fn, "__closure__", None) or ()]
-        for candidate in [fn, *cells]:
-            if getattr(candidate, "__code__", None) is inner:
-                yield candidate
-
-
-def skip_dynamo_import() -> int:
-    """Let torch's `_disable_dynamo` wrappers of the optimiser call their function directly,
-    without importing `torch._dynamo`; returns how many wrappers it set.
-
-    Each wrapper looks up `fn.__dynamo_disable` and, when it is missing, imports torch._dynamo
-    to make `torch._dynamo.disable(fn)`: a function that runs `fn` outside dynamo's frame
-    evaluation, which without torch.compile is a plain call of `fn`. So setting `fn` itself
-    there runs the same code. Only while torch._dynamo is not imported: once it is (someone
-    compiles), the wrappers keep torch's own behaviour. tests/test_optim.py checks that
-    the weights after training steps are bit-identical with and without dynamo.
-    """
-    if "torch._dynamo" in sys.modules:
-        return 0
-    count = 0
-    for wrapper in _disable_dynamo_wrappers():
-        fn = wrapper.__wrapped__
-        if getattr(fn, "__dynamo_disable", None) is None:
-            setattr(fn, "__dynamo_disable", fn)  # noqa: B010  (the name torch reads, unmangled)
-            count += 1
-    return count
 
 
 class EagerAdam(torch.optim.Adam):
@@ -64,13 +27,15 @@ class EagerAdam(torch.optim.Adam):
 
     `Adam.step` is wrapped by torch's `_use_grad_for_differentiable`, which imports
     torch._dynamo for two `graph_break()` calls (no-ops outside torch.compile) around the step
-    it runs with grad set to `differentiable`; this step does the rest of that wrapper.
+    it runs with grad set to `differentiable`; this step does the rest of that wrapper. Where
+    the shim finds no such wrapper, it is torch's own step.
     """
 
-    _adam_step = staticmethod(inspect.unwrap(torch.optim.Adam.step))
+    _adam_step = staticmethod(adam_step_without_dynamo() or torch.optim.Adam.step)
+    _unwrapped = _adam_step is not torch.optim.Adam.step
 
     def step(self, closure=None):
-        if "torch._dynamo" in sys.modules:  # compiled code may need the graph breaks
+        if not self._unwrapped or "torch._dynamo" in sys.modules:  # compiled code: graph breaks
             return super().step(closure)
         with torch.set_grad_enabled(self.defaults["differentiable"]):
             return self._adam_step(self, closure)

@@ -1,19 +1,29 @@
-"""The C++ DeformConv kernel for the CPU (csrc/deform_conv_cpu.cpp), built once per machine.
+"""The C++ DeformConv kernel for the CPU (csrc/deform_conv_cpu.cpp), built once per torch install.
 
 Why C++: the tap sampling of a DeformConv is a gather and its backward a scatter, which plain
 tensor ops do in many passes (`python -m dogbreeds bench`, docs/performance.md). The kernel
 does each direction in one pass. It is compiled with torch's JIT extension builder (g++ and
-ninja, ninja from the lock file) the first time a `fused` DeformConv runs, and cached under
-``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), about 20 s on 2 cores.
-The build targets this CPU (``-march=native``), so the cache name carries a fingerprint of
-the CPU's feature flags and of the source: a home directory shared between machines never
-loads a build made for another CPU, and two checkouts with different kernel sources (a
-worktree, a `dvc exp run --temp` copy of another commit) never rebuild over each other.
-The build compiles a copy of the source at a path named by that same name (`stable_source`),
-not the checkout's own file: ninja rebuilds whenever a build command changes, and the source's
-path is in it, so every other checkout path (a `dvc queue` temp copy, a cluster worker's clone,
-a test's project) rebuilt the kernel, about 40 s per deformable stage, and checkouts building
-at once rebuilt over each other (docs/performance.md, "A stage's fixed cost").
+ninja, ninja from the lock file) the first time a `fused` DeformConv runs, into a build folder
+``$TORCH_EXTENSIONS_DIR/<name>`` (default root: torch's, ``~/.cache/torch_extensions``), about
+20 s on 2 cores quiet, 40-50 s loaded.
+
+The name (`extension_name`) is keyed by everything the build compiles and links against, so a
+build folder is only ever reused by a process that would write the same `build.ninja`:
+- the CPU's feature flags (the build targets this CPU, ``-march=native``): a home directory
+  shared between machines never loads a build made for another CPU;
+- the kernel's source: checkouts with different kernel sources (a worktree, a `dvc exp run
+  --temp` copy of another commit) build apart;
+- the torch installation and the Python it runs under (`torch_installation`: torch's include
+  and library paths, its version, CUDA/HIP version, git commit and C++ ABI, the Python ABI and
+  include path, the compiler and the flags): two virtual environments, each with its own torch,
+  build apart. They shared one folder before, whose `build.ninja` holds the torch paths, so
+  each switch between them recompiled the kernel over the other's build (issue 34).
+One installation reuses its build: same name, same folder, ninja finds it up to date. Two
+processes of one installation building at once wait on torch's lock in the build folder.
+The build compiles a copy of the source inside its build folder (`stable_source`), not the
+checkout's own file: ninja rebuilds whenever a build command changes, and the source's path is
+in it, so every other checkout path (a `dvc queue` temp copy, a cluster worker's clone, a
+test's project) rebuilt the kernel (docs/performance.md, "A stage's fixed cost").
 
 Where no compiler is found, `cpu_kernel_error` says why, and `auto` falls back to `gather`.
 """
@@ -22,13 +32,18 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import os
 import platform
+import sys
+import sysconfig
 from pathlib import Path
 from types import ModuleType
 
 SOURCE = Path(__file__).parent / "csrc" / "deform_conv_cpu.cpp"
+CFLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-fopenmp")
+LDFLAGS = ("-fopenmp",)
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +63,72 @@ def source_fingerprint() -> str:
     return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:8]
 
 
+def torch_installation() -> dict[str, object]:
+    """What the build compiles and links against besides the source and the CPU: the torch
+    installation (its paths as torch's builder writes them into `build.ninja`), the Python ABI,
+    the compiler and the flags. Only public torch names."""
+    import torch
+
+    cpp_extension = _cpp_extension()
+    return {
+        "torch_include": cpp_extension.include_paths(),
+        "torch_lib": cpp_extension.library_paths(),
+        "torch_version": str(torch.__version__),
+        "torch_cuda": torch.version.cuda,
+        "torch_hip": torch.version.hip,
+        "torch_git": torch.version.git_version,
+        "cxx11_abi": torch.compiled_with_cxx11_abi(),
+        "python": sys.version,
+        "python_abi": sysconfig.get_config_var("EXT_SUFFIX"),
+        "python_include": sysconfig.get_paths()["include"],
+        "cxx": os.environ.get("CXX", "c++"),  # what torch's builder runs
+        "cflags": list(CFLAGS),
+        "ldflags": list(LDFLAGS),
+    }
+
+
+def torch_fingerprint(installation: dict[str, object] | None = None) -> str:
+    """8 hex digits naming `installation` (default: this process's, `torch_installation`)."""
+    installation = torch_installation() if installation is None else installation
+    text = json.dumps(installation, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def extension_name(installation: dict[str, object] | None = None) -> str:
+    """The extension's (and its build folder's) name: CPU, source and torch fingerprints."""
+    return (
+        f"dogbreeds_deform_cpu_{cpu_fingerprint()}_{source_fingerprint()}"
+        f"_{torch_fingerprint(installation)}"
+    )
+
+
 def extensions_dir() -> Path:
-    """Where torch caches JIT extensions (its default, unless TORCH_EXTENSIONS_DIR is set)."""
-    default = Path.home() / ".cache" / "torch_extensions"
-    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or default)
+    """Where JIT extensions are built: $TORCH_EXTENSIONS_DIR, else torch's default root."""
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    default_root = getattr(_cpp_extension(), "get_default_build_root", None)
+    if default_root is not None:  # public since torch 2.x; respects XDG_CACHE_HOME
+        return Path(default_root())
+    return Path.home() / ".cache" / "torch_extensions"
+
+
+def build_directory(name: str) -> Path:
+    """The build folder of the extension `name` (created: torch's build lock lives in it)."""
+    path = extensions_dir() / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def stable_source(name: str) -> Path:
-    """The kernel's source copied to a path that depends on `name` only, not on the checkout.
+    """The kernel's source copied into the build folder of `name`, a path that depends on `name`
+    only, not on the checkout.
 
-    The copy is written once (atomically: checkouts may build at once); a file that exists
+    The copy is written once (atomically: processes may build at once); a file that exists
     already has the same bytes, since `name` carries the source's fingerprint, and is left as it
     is, so that its mtime does not make ninja rebuild.
     """
-    path = extensions_dir() / "dogbreeds-sources" / name / SOURCE.name
+    path = build_directory(name) / SOURCE.name
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{SOURCE.name}.{os.getpid()}")
         tmp.write_bytes(SOURCE.read_bytes())
         os.replace(tmp, path)
@@ -73,27 +138,33 @@ def stable_source(name: str) -> Path:
 @functools.cache
 def _build() -> tuple[ModuleType | None, str]:
     try:
-        # Importing it warns that no CUDA runtime exists, which is true and beside the point.
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        from torch.utils.cpp_extension import load
-
         _put_ninja_on_path()
-
         log.info(
-            "loading the C++ DeformConv CPU kernel (built on first use on a machine, about 20 s)"
+            "loading the C++ DeformConv CPU kernel "
+            "(built on first use per torch installation, about 20 s)"
         )
-        name = f"dogbreeds_deform_cpu_{cpu_fingerprint()}_{source_fingerprint()}"
-        module = load(
+        name = extension_name()
+        module = _cpp_extension().load(
             name=name,
             sources=[str(stable_source(name))],  # not SOURCE: see the module docstring
-            extra_cflags=["-O3", "-march=native", "-fno-trapping-math", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
+            extra_cflags=list(CFLAGS),
+            extra_ldflags=list(LDFLAGS),
+            build_directory=str(build_directory(name)),
         )
         return module, ""
     except Exception as error:  # no compiler, no ninja, a failed build: say why, once
         last_line = (str(error).strip().splitlines() or [""])[-1]  # the compiler's verdict
         reason = f"{type(error).__name__}: {last_line}"
         return None, f"the C++ DeformConv kernel ({SOURCE.name}) could not be built: {reason}"
+
+
+def _cpp_extension() -> ModuleType:
+    """torch.utils.cpp_extension, imported quietly."""
+    # Importing it warns that no CUDA runtime exists, which is true and beside the point.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils import cpp_extension
+
+    return cpp_extension
 
 
 def _put_ninja_on_path() -> None:

@@ -1,7 +1,8 @@
 """The report: the paper's results beside ours over seeds, paired comparisons, and answers.
 
 `run_report` (called by `stages/report.py`) reads the train and eval outputs of every
-(arch, schedule, seed) listed in params and writes `metrics/report.md`, the small headline
+(arch, schedule, seed) listed in params and writes `metrics/report.md` (the prose is the
+template `templates/report.md.j2`, filled in by `report_context`), the small headline
 metrics file `metrics/headline.json` that `dvc metrics show` / `dvc exp show` compare, and
 accuracy curves under `metrics/figures/`, like the report's Figures 1-3. The paper's numbers
 are in `analysis.paper`, the runs' outputs are read by `analysis.results`, the per-cell tables
@@ -14,13 +15,15 @@ bootstrap over test images and seeds in `analysis.bootstrap` and the formulas in
 from __future__ import annotations
 
 import csv
+import functools
 import statistics
 from pathlib import Path
 
+import jinja2
 import pandas as pd
 import torch
 
-from dogbreeds.analysis.bootstrap import bootstrap_study, bootstrap_tables
+from dogbreeds.analysis.bootstrap import Bootstrap, bootstrap_study, bootstrap_tables
 from dogbreeds.analysis.cells import (
     ROBUSTNESS_COLUMNS,
     results_table,
@@ -30,6 +33,7 @@ from dogbreeds.analysis.cells import (
 )
 from dogbreeds.analysis.comparisons import (
     CURVE,
+    Comparison,
     compare,
     fmt_test,
     mcnemar_table,
@@ -242,158 +246,101 @@ def precisions(params: Params, runs: list[RunResult]) -> str:
     return ", ".join(out) + f" (train.amp {params.train.amp})"
 
 
+CURVE_QUESTION = (
+    "And along the robustness curve (all kinds together, the mean over every strength above "
+    "0, each strength weighted equally: not an area, as the strengths are unevenly spaced)?"
+)
+
+
+@functools.cache
+def report_template() -> jinja2.Template:
+    """templates/report.md.j2, shipped in the package. Markdown, so nothing is escaped; a name
+    the template uses and report_context does not give is an error, not a blank; `fmt` is
+    Python's format spec (`{{ x | fmt(".3g") }}`)."""
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("dogbreeds.analysis", "templates"),
+        autoescape=False,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["fmt"] = format
+    return env.get_template("report.md.j2")
+
+
 def render_report(params: Params, runs: list[RunResult], curves: list[dict], offsets: dict) -> str:
-    """The Markdown of metrics/report.md."""
+    """The Markdown of metrics/report.md: the template's prose around report_context's
+    tables and answers."""
+    return report_template().render(report_context(params, runs, curves, offsets))
+
+
+def report_context(
+    params: Params, runs: list[RunResult], curves: list[dict], offsets: dict
+) -> dict:
+    """Every name templates/report.md.j2 fills in, computed in the order the report reads."""
     offsets_md, offsets_answer = offsets_table(params, offsets)
-    model = params.model
     test_images = runs[0].test_images if runs else 0
-    seeds = len(params.train.seeds)
     comparisons = compare(params, runs)
     cells = {(a, s): cell(runs, a, s) for a in params.train.archs for s in params.train.schedules}
     boot = bootstrap_study(cells, params.report.bootstrap_resamples, params.report.seed)
     boot_cells, boot_pairs = bootstrap_tables(boot)
-    curve_question = (
-        "And along the robustness curve (all kinds together, the mean over every strength above "
-        "0, each strength weighted equally: not an area, as the strengths are unevenly spaced)?"
-    )
-    curve_answer = (
-        ["- " + answer(curve_question, CURVE, comparisons, seeds, power=params.report.power)]
-        if comparisons and CURVE in comparisons[0].differences
-        else []
-    )
     m = sum("deformable" in (c.a, c.b) for c in comparisons)
-    out = [
-        "# Results beside the paper",
-        "",
-        f"Our runs: {data_kind(params, runs)}, resolution {model.resolution}×{model.resolution} "
-        f"(ρ = {model.resolution / PAPER_RESOLUTION:.3g}), width multiplier α = "
-        f"{model.width_mult:g}, batch size {params.train.batch_size} (val and test "
-        f"{params.train.eval_batch_size}), Adam with weight decay "
-        f"{params.train.weight_decay:g}, gradient clipping {params.train.grad_clip:g}, seeds "
-        f"{', '.join(str(s) for s in params.train.seeds)} (one trained net per seed). The "
-        "paper trained one net per cell at 224×224, α = 1, max_lr 0.01/0.001/0.0001 for every "
-        "schedule.",
-        "",
-        f"Recipe: {recipe(params)}. Precision: {precisions(params, runs)}.",
-        "",
-        "train_* are the last epoch's means over its (augmented) training batches; val_* and "
-        "test_* are scored on the randomly deformed validation and test sets, as in the paper "
-        f"({test_images} test images: one image moves test accuracy by "
-        f"{1 / max(test_images, 1):.4f}). Our numbers are the mean over seeds with a 95% "
-        "Student-t confidence interval. The paper trained one net per cell, so its number is "
-        "held against the 95% prediction interval of one of our runs (mean ± t·s·√(1 + 1/n)): "
-        "'paper in PI' says whether it lies inside. Methods: `docs/statistics.md`.",
-        "",
-        "## The paper's two questions",
-        "",
-        *[
-            "- " + answer(q, what, comparisons, seeds, boot.pairs, params.report.power)
-            for q, what in QUESTIONS.items()
-        ],
-        *curve_answer,
-        "",
-        "Generalisation is read on the clean test images (unseen photos, no deformation); "
-        "resistance is the paired difference of what the deformations cost each net "
-        "(deformed − clean test accuracy), at the study's strength and averaged along the "
-        "robustness curve of all kinds. All compare nets trained from the same seeds.",
-        *(["", family_note(m)] if m else []),
-        "",
-        "## How many seeds would decide",
-        "",
-        seeds_needed_table(
-            QUESTIONS, comparisons, params.report.power, seeds, params.report.min_difference
+    return {
+        "model": params.model,
+        "train": params.train,
+        "report": params.report,
+        "paper_resolution": PAPER_RESOLUTION,
+        "data_kind": data_kind(params, runs),
+        "recipe": recipe(params),
+        "precisions": precisions(params, runs),
+        "test_images": test_images,
+        "one_image": 1 / max(test_images, 1),
+        "answers": question_answers(params, comparisons, boot),
+        "family_note": family_note(m) if m else None,
+        "seeds_needed": seeds_needed_table(
+            QUESTIONS,
+            comparisons,
+            params.report.power,
+            len(params.train.seeds),
+            params.report.min_difference,
         ),
+        "nets": [net_section(arch, runs) for arch in params.train.archs],
+        "robustness": robustness_table(params, runs),
+        "robustness_curves": robustness_curves_table(curves),
+        "offsets_table": offsets_md,
+        "offsets_answer": offsets_answer,
+        "pairs": pairs_table(comparisons),
+        "mcnemar": mcnemar_table(comparisons),
+        "resamples": boot.resamples,
+        "bootstrap_cells": boot_cells,
+        "bootstrap_pairs": boot_pairs,
+        "sizes": size_table(runs, params.train.archs),
+    }
+
+
+def question_answers(params: Params, comparisons: list[Comparison], boot: Bootstrap) -> list[str]:
+    """The paper's two questions answered over seeds and over test images and seeds, then the
+    resistance question along the robustness curve where the comparisons measured it."""
+    seeds, power = len(params.train.seeds), params.report.power
+    answers = [
+        answer(question, what, comparisons, seeds, boot.pairs, power)
+        for question, what in QUESTIONS.items()
     ]
-    for arch in params.train.archs:
-        arch_runs = [run for run in runs if run.arch == arch]
-        out += ["", f"## {NET_NAMES[arch]} (`{arch}`)", "", results_table(arch_runs), ""]
-        out += [f"![{run.name} accuracy](figures/{figure_name(run)})" for run in arch_runs]
-    out += [
-        "",
-        "## Clean vs deformed test accuracy",
-        "",
-        robustness_table(params, runs),
-        "",
-        "## Robustness curves",
-        "",
-        "Accuracy on the clean test images deformed by each kind alone (on every image) and by "
-        "all together (the study's pipeline), at strengths × the study's `deform` magnitudes: "
-        "0 is the clean test set, 1 with `all` the study's deformed test set. Bands are 95% CIs "
-        "over seeds; the numbers are in `metrics/robustness.tsv`.",
-        "",
-        "![robustness](figures/robustness.png)",
-        "",
-        robustness_curves_table(curves),
-        "",
-        "## Learned offsets",
-        "",
-        "Mean length in pixels of the DeformConv taps' (dy, dx) shifts over the test images, "
-        "per layer of the deformable nets. Figures: `offsets/offsets-<run>.png` (where each "
-        "layer samples for the centre pixel, clean and deformed).",
-        "",
-        offsets_md,
-        "",
-        offsets_answer,
-        "",
-        "## Pairs of nets: paired differences over seeds",
-        "",
-        pairs_table(comparisons),
-        "",
-        "## Pairs of nets: McNemar's exact test per seed",
-        "",
-        "Each test pairs two nets trained from the same seed on the same test images: "
-        "'only a right' counts the images net a classifies correctly and net b does not. "
-        "Under equal accuracy those discordant images split like fair coin flips.",
-        "",
-        mcnemar_table(comparisons),
-        "",
-        "Multiple comparisons: with many tests at 5%, about one in twenty comes out "
-        "'significant' by chance alone. The Holm column adjusts every p above for all tests of "
-        "this table together; the CIs above are per comparison (95% each), so read a single CI "
-        "that barely excludes 0 among many with caution. The answers and the offsets verdict "
-        "adjust over their own families (above).",
-        "",
-        "## Over test images and seeds: bootstrap",
-        "",
-        "The intervals above vary the seeds on one fixed test set. Here each of "
-        f"{boot.resamples:,} resamples (`report.bootstrap_resamples`, seed `report.seed` = "
-        f"{params.report.seed}) draws the seeds and the {test_images} test images with "
-        "replacement, and scores every net on the same draw, so pairs stay paired. Intervals "
-        "are 95% percentile intervals around the observed mean; each one alone, as above. With "
-        "few seeds a percentile bootstrap over seeds is too narrow (it treats the seeds run as "
-        "the population: with 5 seeds it covers the seed variation about 85% of the time, not "
-        "95%), so read it for the test images' share of the uncertainty and the t intervals "
-        "above for the seeds'. The "
-        "robustness-curve measure has no per-image predictions and is not resampled.",
-        "",
-        boot_cells,
-        "",
-        boot_pairs,
-        "",
-        "## Model size",
-        "",
-        size_table(runs, params.train.archs),
-        "",
-        "## Training time",
-        "",
-        "Wall times are run facts: they depend on the machine and on what else ran beside "
-        "each training, so they are kept out of this report (which depends on the results "
-        "alone) in `metrics/timings.json`: per net and schedule, the median and range over "
-        "seeds, the device and the precision.",
-        "",
-        "## Notes",
-        "",
-        f"- `model.deformable.offset_lr_mult` = {model.deformable.offset_lr_mult:g}: the "
-        "DeformConv offset convs "
-        "train at this fraction of the learning rate. The paper does not state this setting.",
-        "- Schedules that are not one of the paper's (other epochs or max_lr) show our numbers "
-        "only.",
-        "- CPU results repeat bit for bit on one machine, not across machines (a seed's worth of "
-        "difference): compare CIs, not single numbers.",
-        "- Paper numbers are transcribed from the report's tables 4.3.1-4.3.3 and appendix.",
-        "",
-    ]
-    return "\n".join(out)
+    if comparisons and CURVE in comparisons[0].differences:
+        answers.append(answer(CURVE_QUESTION, CURVE, comparisons, seeds, power=power))
+    return answers
+
+
+def net_section(arch: str, runs: list[RunResult]) -> dict:
+    """One net's section: its results table and each run's accuracy figure."""
+    arch_runs = [run for run in runs if run.arch == arch]
+    return {
+        "title": NET_NAMES[arch],
+        "arch": arch,
+        "table": results_table(arch_runs),
+        "figures": [(run.name, figure_name(run)) for run in arch_runs],
+    }
 
 
 def run_report(params: Params, metrics_dir: Path = Path("metrics")) -> str:

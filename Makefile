@@ -39,6 +39,13 @@ clean-venv:
 bench: $(VENV)/.installed  ## training-step throughput per net, backend, batch and precision
 	$(BIN)/python -m dogbreeds bench --out bench $(BENCH_ARGS)
 
+# The tiny study (presets/tiny.yaml, also the tests' and fixedcost's) through every stage, offline:
+# `dvc exp run` with the preset as -S options. More options in SMOKE_ARGS, e.g. SMOKE_ARGS=--temp.
+.PHONY: smoke
+smoke: $(VENV)/.installed  ## the tiny study on generated images, every stage (dvc exp run)
+	args=$$($(BIN)/python -m dogbreeds preset tiny) && set -f && \
+	PATH="$(CURDIR)/$(BIN):$$PATH" dvc exp run $$args $(SMOKE_ARGS)
+
 # `dvc exp show` without the columns of the stages' dependencies (one file hash each, most of the
 # table): only params and metrics. More options in EXPS_ARGS, e.g. EXPS_ARGS="--only-changed --md".
 EXPS_DROP := [^:]*/[^:]*$$|(data|metrics|models|src|stages)$$

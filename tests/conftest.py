@@ -16,6 +16,7 @@ import pytest
 import yaml
 from datagen import set_keys
 
+from dogbreeds.commands import preset
 from dogbreeds.params import read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,13 +86,13 @@ def wait_for_experiments(project: Path, names: set[str], timeout_s: float = 900)
 def set_params(repo: Path, **updates) -> None:
     """Set dotted keys in repo/params.yaml, e.g. set_params(repo, **{"split.seed": 3})."""
     path = repo / "params.yaml"
-    tree = set_keys(yaml.safe_load(path.read_text()), updates)
+    tree = set_keys(read_yaml(path), updates)
     path.write_text(yaml.safe_dump(tree, sort_keys=False))
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    """A copy of the project in a fresh git repo, set to the synthetic source and a tiny config."""
+    """A copy of the project in a fresh git repo, with the tiny study's params (presets/)."""
     return make_project(tmp_path / "repo")
 
 
@@ -103,24 +104,7 @@ def make_project(repo: Path) -> Path:
     for name in ("stages", "src"):
         skip = shutil.ignore_patterns("__pycache__", "*.egg-info")
         shutil.copytree(ROOT / name, repo / name, ignore=skip)
-    set_params(
-        repo,
-        **{
-            "data.sources": ["synthetic"],
-            "data.synthetic.per_class": 12,
-            "data.synthetic.size": 48,
-            "model.resolution": 32,
-            "deform.preview_images": 4,
-            "train.device": "cpu",
-            "train.batch_size": 16,
-            "train.seeds": [0],  # one net per cell keeps the end-to-end studies at 9 trainings
-            "train.schedules": {
-                "s20_14_6": {"epochs": [1, 1, 1], "max_lr": [0.01, 0.001, 0.0001]},
-                "s50_7_3": {"epochs": [1, 1, 1], "max_lr": [0.01, 0.001, 0.0001]},
-                "s50_14_6": {"epochs": [1, 1, 1], "max_lr": [0.01, 0.001, 0.0001]},
-            },
-        },
-    )
+    set_params(repo, **preset.overrides("tiny"))
     run(["git", "init", "-q"], repo)
     run(["dvc", "init", "-q"], repo)
     run(["git", "add", "-A"], repo)

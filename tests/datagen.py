@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dogbreeds.commands import preset
 from dogbreeds.common.dotted import set_keys
 from dogbreeds.params import Params, parse_params, read_yaml
 
@@ -158,10 +159,13 @@ def write_tree(root: Path, files: dict[str, bytes]) -> Path:
 
 
 def tiny_params(**updates) -> Params:
-    """The project's params at 16px on CPU with one short schedule; dotted keys override."""
+    """The unit tests' params: the tiny preset's training (CPU, one epoch per one-cycle stage)
+    as one schedule named "tiny", at 16 px (the `prepared` fixture's images) with a narrow net
+    and 8-image fp32 batches (the same on every CPU), on the committed data sources and seeds;
+    dotted keys override."""
+    tiny = preset.apply(read_yaml(ROOT / "params.yaml"), "tiny")["train"]
     tree = read_yaml(ROOT / "params.yaml")
-    tree["model"]["resolution"] = 16
-    tree["model"]["width_mult"] = 0.25
-    tree["train"].update(device="cpu", batch_size=8, amp="off")  # the same on every CPU
-    tree["train"]["schedules"] = {"tiny": {"epochs": [1, 1, 1], "max_lr": [0.01, 0.001, 0.0001]}}
+    tree["model"].update(resolution=16, width_mult=0.25)
+    schedules = {"tiny": next(iter(tiny["schedules"].values()))}
+    tree["train"].update(device=tiny["device"], batch_size=8, amp="off", schedules=schedules)
     return parse_params(set_keys(tree, updates))

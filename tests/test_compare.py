@@ -30,6 +30,7 @@ from dogbreeds.commands.compare import (
 from dogbreeds.commands.compare import main as compare_main
 from dogbreeds.commands.grid import GridError, grid_points, schedule_overrides
 from dogbreeds.nets.models import net_size
+from dogbreeds.params import parse_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "PYTHONPATH": "src"}
@@ -193,7 +194,7 @@ def test_a_queued_2x2_grid_is_compared_in_figures_and_table(project: Path):
     with queue_workers(project, jobs=1, env=ONE_THREAD):
         status = wait_for_experiments(project, names)
     assert set(status.values()) == {"Success"}, status
-    params = yaml.safe_load(committed(project, "g-a0.5-r24", "params.yaml"))
+    params = parse_yaml(committed(project, "g-a0.5-r24", "params.yaml"))
     assert params["model"] == {**params["model"], "width_mult": 0.5, "resolution": 24}
     assert list(params["train"]["schedules"]) == ["s20_14_6"]
     assert params["train"]["archs"] == ["cnn", "dsc"]

@@ -225,8 +225,10 @@ def experiments(tmp_path_factory) -> Path:
     (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
     (repo / "params.yaml").write_text("fake:\n  shift: 0.0\n")
     (repo / "fake_report.py").write_text(
-        "import yaml\nfrom test_dvcplots import fake_report, touch_other_outs\n\n"
-        "fake_report(yaml.safe_load(open('params.yaml'))['fake']['shift'])\n"
+        "from pathlib import Path\n\n"
+        "from test_dvcplots import fake_report, touch_other_outs\n"
+        "from dogbreeds.params import read_yaml\n\n"
+        "fake_report(read_yaml(Path('params.yaml'))['fake']['shift'])\n"
         "touch_other_outs()\n"
     )
     shutil.copytree(ROOT / "scripts" / "vega", repo / "scripts" / "vega")

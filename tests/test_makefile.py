@@ -98,6 +98,12 @@ def test_make_bench_and_register_pass_their_args():
     assert dry.rstrip().endswith("-m dogbreeds register --force")
 
 
+def test_make_smoke_runs_the_tiny_preset_through_dvc_without_globbing():
+    dry = make_dry_run("smoke", "SMOKE_ARGS=--temp")
+    assert "-m dogbreeds preset tiny)" in dry and "set -f" in dry  # [synthetic] is a glob
+    assert dry.rstrip().endswith("dvc exp run $args --temp")
+
+
 def test_the_scheduler_serves_dasks_dashboard_with_bokeh_from_the_lock(tmp_path):
     """docs/team.md: `dask scheduler` serves its dashboard at :8787/status (bokeh, team extra)."""
     import socket

@@ -27,7 +27,7 @@ def finished(study, tmp_path):  # noqa: F811
     (metrics / "offsets").mkdir(exist_ok=True)
     for seed in SEEDS:
         Image.new("RGB", (50, 50)).save(metrics / "offsets" / f"offsets-deformable-hot-{seed}.png")
-    tree = yaml.safe_load(json.dumps(params_tree(params)))
+    tree = json.loads(json.dumps(params_tree(params)))  # plain dicts and lists
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
     git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "init", "-q"], check=True)

@@ -17,6 +17,7 @@ COMMANDS = {
     "fixedcost": "a train and evaluate stage's cost besides its work: imports, store, logging",
     "grid": "queue MobileNet's width x resolution grid as DVC experiments",
     "predict": "which breed is this photo? (a checkpoint or an MLflow model)",
+    "preset": "a preset of params (presets/tiny.yaml: the tiny study) as dvc exp run -S options",
     "quickstudy": "train and evaluate every net in one process, without DVC or MLflow",
     "recipes": "one change of the training recipe at a time, paired by seed, against a baseline",
     "register": "make each net's best run of the study its registered champion",

@@ -5,12 +5,13 @@ Two measurements (docs/performance.md, "A stage's fixed cost"):
 - **imports**: `python -c "import torch"` against `python stages/train.py --help` and
   `stages/evaluate.py --help` (the stage modules' imports plus argparse), run alternately
   `--repeats` times; the medians and their ratios.
-- **stages**: the train and evaluate stages of a tiny synthetic project (built in a temporary
-  directory from this repository's dvc.yaml, params.yaml, stages/ and src/, data stages run by
-  `dvc repro`, or `--project` to reuse one), each run with the timeline on
-  (`dogbreeds.common.timeline`): *before* is from launching the process to its first training
-  step (or evaluation batch) done, *after* from its last one to the process's end. The MLflow
-  store is created first, and timed on its own: a study pays for that once, not per stage.
+- **stages**: the train and evaluate stages of the tiny study (presets/tiny.yaml; two nets, one
+  schedule), built in a temporary directory from this repository's dvc.yaml, params.yaml,
+  stages/ and src/, its data stages run by `dvc repro` (or `--project` to reuse one), each run
+  with the timeline on (`dogbreeds.common.timeline`): *before* is from launching the process
+  to its first training step (or evaluation batch) done, *after* from its last one to the
+  process's end. The MLflow store is created first, and timed on its own: a study pays for
+  that once, not per stage.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from dogbreeds.commands import preset
 from dogbreeds.common.dotted import set_keys
 from dogbreeds.common.timeline import ENV
 from dogbreeds.params import read_yaml
@@ -35,18 +37,6 @@ from dogbreeds.params import read_yaml
 ROOT = Path(__file__).resolve().parents[3]  # the repository: dvc.yaml, stages/, src/
 ARCHS = ("cnn", "deformable")
 SCHEDULE = "s20_14_6"
-TINY = {  # the tests' tiny project (tests/conftest.py make_project), on one 3-epoch schedule
-    "data.sources": ["synthetic"],
-    "data.synthetic.per_class": 12,
-    "data.synthetic.size": 48,
-    "model.resolution": 32,
-    "deform.preview_images": 4,
-    "train.device": "cpu",
-    "train.batch_size": 16,
-    "train.seeds": [0],
-    "train.archs": list(ARCHS),
-    "train.schedules": {SCHEDULE: {"epochs": [1, 1, 1], "max_lr": [0.01, 0.001, 0.0001]}},
-}
 STAGE_ARGS = ["--schedule", SCHEDULE, "--seed", "0"]
 
 
@@ -113,12 +103,18 @@ def copy_code(repo: Path) -> None:
         shutil.copytree(ROOT / name, repo / name, ignore=skip)
 
 
+def tiny_tree() -> dict:
+    """params.yaml with the tiny preset, on the two nets and the one schedule measured."""
+    tree = preset.apply(read_yaml(ROOT / "params.yaml"), "tiny")
+    schedule = tree["train"]["schedules"][SCHEDULE]
+    return set_keys(tree, {"train.archs": list(ARCHS), "train.schedules": {SCHEDULE: schedule}})
+
+
 def make_project(repo: Path) -> Path:
     """A copy of this repository's pipeline at `repo`, tiny params, its data stages run."""
     repo.mkdir(parents=True)
     copy_code(repo)
-    params = read_yaml(ROOT / "params.yaml")
-    (repo / "params.yaml").write_text(yaml.safe_dump(set_keys(params, TINY), sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_tree(), sort_keys=False))
     env = stage_env()
     for cmd in (
         ["git", "init", "-q"],

@@ -86,3 +86,38 @@ def test_only_the_runs_the_studys_params_name_count(tmp_path):
         recipes.main([f"a={base}", f"b={tmp_path / 'offlr1' / 'metrics'}", "--out", str(out)]) == 0
     )
     assert [r["arch"] for r in json.loads(out.with_suffix(".json").read_text())] == ["deformable"]
+
+
+def quickstudies(root: Path, runs: dict[str, tuple[str, tuple[float, float, float, float]]]):
+    """A folder of `quickstudy run --out` files: file name -> (run name, accuracies), each
+    beside a params file whose train.seeds[0] is the file name's last digit."""
+    root.mkdir(parents=True)
+    for name, (run, (train, val, clean, test)) in runs.items():
+        result = {"run": run, "train_acc": train, "val_acc": val, "clean_test_acc": clean,
+                  "test_acc": test, "predicted": {}}  # fmt: skip
+        (root / f"{name}.json").write_text(json.dumps([result]))
+        (root / f"{name}.yaml").write_text(f"train:\n  seeds: [{name[-1]}]\n")
+    return root
+
+
+def test_quickstudy_outputs_pair_by_the_seed_in_their_names_or_their_params(tmp_path):
+    base = quickstudies(tmp_path / "ours", {
+        "cnn-0": ("cnn-s20_14_6", (0.50, 0.40, 0.45, 0.40)),  # seed from cnn-0.yaml
+        "cnn-1": ("cnn-s20_14_6-1", (0.52, 0.41, 0.46, 0.41)),
+        "cnn-2": ("cnn-s20_14_6-2", (0.54, 0.42, 0.47, 0.39)),
+    })  # fmt: skip
+    variant = quickstudies(tmp_path / "template", {
+        "cnn-0": ("cnn-s20_14_6", (0.45, 0.40, 0.44, 0.45)),
+        "cnn-1": ("cnn-s20_14_6-1", (0.48, 0.41, 0.46, 0.47)),
+        "cnn-2": ("cnn-s20_14_6-2", (0.50, 0.42, 0.46, 0.46)),
+    })  # fmt: skip
+    assert set(recipes.read_study(base)) == {("cnn", "s20_14_6", s) for s in (0, 1, 2)}
+    out = tmp_path / "r.md"
+    assert recipes.main([f"ours={base}", f"template={variant}", "--out", str(out)]) == 0
+    row = json.loads(out.with_suffix(".json").read_text())[0]
+    assert row["seeds"] == [0, 1, 2]
+    assert row["values"]["test_acc"] == [0.45, 0.47, 0.46]
+    assert row["baseline"]["train_acc"] == [0.50, 0.52, 0.54]
+    (base / "cnn-0.yaml").unlink()
+    with pytest.raises(SystemExit, match="cnn-0.yaml: not found"):
+        recipes.read_study(base)

@@ -1,7 +1,8 @@
 """`python -m dogbreeds recipes`: one change to the training recipe at a time, against the default.
 
 Each argument is a finished study's `metrics/` folder (the workspace's, or a copy of an
-experiment's, with its params.yaml inside or beside it), as `name=path`; the first is the
+experiment's, with its params.yaml inside or beside it), or a folder of `quickstudy run --out`
+JSON files (each beside the params file it ran, `<name>.yaml`), as `name=path`; the first is the
 baseline. For every net and schedule the
 baseline and a variant share, and every seed they share, it pairs the runs by seed and prints
 the variant's mean and its paired difference from the baseline with a 95% t interval, for
@@ -40,6 +41,8 @@ MEASURES = {  # column -> (metrics file, key)
     "test_acc": ("eval", "test_acc"),
 }
 RUN = re.compile(r"^(?P<arch>[a-z]+)-(?P<schedule>s[0-9_]+)-(?P<seed>\d+)$")
+# quickstudy named its runs without the seed until it trained every seed: train.seeds[0]
+UNSEEDED_RUN = re.compile(r"^(?P<arch>[a-z]+)-(?P<schedule>s[0-9_]+)$")
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ def study_cells(folder: Path) -> set[tuple[str, str, int]] | None:
 def read_study(folder: Path) -> dict[tuple[str, str, int], dict[str, float]]:
     """(arch, schedule, seed) -> measure -> value, for every run of the study (its params, if
     found) with train and eval metrics."""
+    if not (folder / "eval").is_dir():
+        return read_quickstudies(folder)
     cells = study_cells(folder)
     runs = {}
     for path in sorted((folder / "eval").glob("*.json")):
@@ -85,6 +90,31 @@ def read_study(folder: Path) -> dict[tuple[str, str, int], dict[str, float]]:
         runs[key] = {m: float(files[f][k]) for m, (f, k) in MEASURES.items()}
     if not runs:
         raise SystemExit(f"error: {folder}: no metrics/eval/<arch>-<schedule>-<seed>.json in it")
+    return runs
+
+
+def read_quickstudies(folder: Path) -> dict[tuple[str, str, int], dict[str, float]]:
+    """The same from `quickstudy run --out` files: each `<name>.json` a list of its runs, named
+    `<arch>-<schedule>-<seed>` (or, from before quickstudy trained every seed, without the
+    seed: then its params file beside it, `<name>.yaml`, says train.seeds[0])."""
+    runs = {}
+    for path in sorted(folder.glob("*.json")):
+        for result in read_json(path):
+            found = RUN.match(result["run"]) or UNSEEDED_RUN.match(result["run"])
+            if found is None:
+                raise SystemExit(f"error: {path}: run {result['run']!r} is not <arch>-<schedule>")
+            if "seed" in found.groupdict():
+                seed = int(found["seed"])
+            elif path.with_suffix(".yaml").is_file():
+                seed = int((read_yaml(path.with_suffix(".yaml")) or {})["train"]["seeds"][0])
+            else:
+                raise SystemExit(
+                    f"error: {path.with_suffix('.yaml')}: not found (the params "
+                    f"of {path.name}, which names its runs without the seed)"
+                )
+            runs[found["arch"], found["schedule"], seed] = {m: float(result[m]) for m in MEASURES}
+    if not runs:
+        raise SystemExit(f"error: {folder}: no metrics/eval/ and no quickstudy JSON files in it")
     return runs
 
 

@@ -155,15 +155,23 @@ def test_weights_carry_over_between_stages(prepared, monkeypatch):
         Schedule("s", [1, 1], [0.01, 0.001]),
         tiny_params().train,
         offset_lr_mult=0.1,
-        on_epoch=lambda r: after_epoch.append(
-            {k: v.clone() for k, v in model.state_dict().items()}
-        ),
+        hooks=Snapshots(model, after_epoch),
     )
 
     assert len(at_stage_start) == 2
     for key in initial:  # stage 2 starts from where stage 1 ended, not from scratch
         assert torch.equal(at_stage_start[1][key], after_epoch[0][key])
     assert not torch.equal(at_stage_start[1]["fc.weight"], initial["fc.weight"])
+
+
+class Snapshots(loop.TrainingHooks):
+    """Hooks that copy the weights after every epoch."""
+
+    def __init__(self, model, into: list) -> None:
+        self.model, self.into = model, into
+
+    def epoch_done(self, record) -> None:
+        self.into.append({k: v.clone() for k, v in self.model.state_dict().items()})
 
 
 def test_gradients_are_clipped_by_value_before_each_step(prepared, monkeypatch):
@@ -351,10 +359,9 @@ def test_train_epoch_weights_loss_and_accuracy_by_images_not_batches():
         **{"train.batch_size": 4, "train.augment.hflip": 0.0, "train.augment.crop_scale": 1.0}
     ).train
     progress = RunProgress("t", 3, "cpu")
-    loss, acc, _ = loop.train_epoch(
-        model, train, normalize, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False),
-        tp, torch.Generator().manual_seed(0), progress,
-    )  # fmt: skip
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    ctx = loop.StepContext(model, normalize, optimizer, scheduler, scaler, tp.grad_clip, None)
+    loss, acc, _ = loop.train_epoch(ctx, train, tp, torch.Generator().manual_seed(0), progress)
     progress.close()
 
     with torch.no_grad():

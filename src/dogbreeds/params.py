@@ -581,10 +581,34 @@ def check_known_keys(tree: dict) -> None:
 
 
 def parse_params(tree: dict) -> Params:
-    """Validate a params tree (as loaded from YAML) into typed configs."""
+    """Validate a params tree (as loaded from YAML) into typed configs, section by section;
+    the checks across sections sit with the later section."""
     if not isinstance(tree, dict):
         raise ParamsError("params: the file must hold a mapping")
     check_known_keys(tree)
+    data = _data_params(tree)
+    merge = _merge_params(tree, data)
+    split = _split_params(tree)
+    resolution = _resolution(tree, "model.resolution")
+    deform = _deform(tree, resolution)
+    model = _model_params(tree, resolution)
+    train = _train_params(tree, resolution)
+    robustness = _robustness_params(tree, deform)
+    report = _report_params(tree)
+    return Params(
+        data=data,
+        merge=merge,
+        split=split,
+        deform=deform,
+        model=model,
+        train=train,
+        robustness=robustness,
+        report=report,
+    )
+
+
+def _data_params(tree: dict) -> DataParams:
+    """data: the breeds, the sources and their archives, synthetic data, extraction limits."""
     breeds = _get(tree, "data.breeds")
     if not isinstance(breeds, list) or len(breeds) < 2 or len(set(breeds)) != len(breeds):
         raise ParamsError("params: 'data.breeds' must list at least 2 distinct breeds")
@@ -600,6 +624,11 @@ def parse_params(tree: dict) -> Params:
         ),
         extract=_extract(tree),
     )
+    return data
+
+
+def _merge_params(tree: dict, data: DataParams) -> MergeParams:
+    """merge: de-duplication and the size filters (synthetic images must pass them)."""
     merge = MergeParams(
         near_dup_max_bits=_num(tree, "merge.near_dup_max_bits", int, 0, 64),
         min_side=_num(tree, "merge.min_side", int, 1),
@@ -610,6 +639,11 @@ def parse_params(tree: dict) -> Params:
             f"params: 'data.synthetic.size' {data.synthetic.size} is below 'merge.min_side' "
             f"{merge.min_side}: merge would reject every synthetic image"
         )
+    return merge
+
+
+def _split_params(tree: dict) -> SplitParams:
+    """split: the val and test shares, their seed, the images every breed must keep."""
     split = SplitParams(
         val=_num(tree, "split.val", float, 0, 1, lo_open=True),
         test=_num(tree, "split.test", float, 0, 1, lo_open=True),
@@ -619,8 +653,11 @@ def parse_params(tree: dict) -> Params:
     if split.val + split.test >= 1:
         total = split.val + split.test
         raise ParamsError(f"params: 'split.val' + 'split.test' must be < 1, got {total}")
-    resolution = _resolution(tree, "model.resolution")
-    deform = _deform(tree, resolution)
+    return split
+
+
+def _model_params(tree: dict, resolution: int) -> ModelParams:
+    """model: width multiplier, input side, the DeformConv backend and offset lr."""
     model = ModelParams(
         width_mult=_num(tree, "model.width_mult", float, 0, lo_open=True),
         resolution=resolution,
@@ -629,6 +666,12 @@ def parse_params(tree: dict) -> Params:
             offset_lr_mult=_num(tree, "model.deformable.offset_lr_mult", float, 0),
         ),
     )
+    return model
+
+
+def _train_params(tree: dict, resolution: int) -> TrainParams:
+    """train: the nets, schedules, one-cycle shape, batches, optimiser, seeds, device,
+    precision and augmentation."""
     schedules = _get(tree, "train.schedules")
     if not isinstance(schedules, dict) or not schedules:
         raise ParamsError("params: 'train.schedules' must map at least one schedule name")
@@ -660,6 +703,11 @@ def parse_params(tree: dict) -> Params:
     )
     _check_batch(train.batch_size, resolution)
     _check_warmup(train.one_cycle.pct_start, train.schedules)
+    return train
+
+
+def _robustness_params(tree: dict, deform: DeformParams) -> RobustnessParams:
+    """robustness: the deformation kinds and strengths (each within the deform stage's)."""
     strengths = _get(tree, "robustness.strengths")
     if not isinstance(strengths, list) or not strengths:
         raise ParamsError("params: 'robustness.strengths' must be a non-empty list")
@@ -676,6 +724,11 @@ def parse_params(tree: dict) -> Params:
         strengths=[float(v) for v in strengths],
     )
     _check_strengths(deform, robustness.strengths)
+    return robustness
+
+
+def _report_params(tree: dict) -> ReportParams:
+    """report: bootstrap resamples and seed, power and the smallest difference of interest."""
     report = ReportParams(
         bootstrap_resamples=_num(tree, "report.bootstrap_resamples", int, MIN_RESAMPLES),
         seed=_seed(tree, "report.seed"),
@@ -684,16 +737,7 @@ def parse_params(tree: dict) -> Params:
     )
     if report.power >= 1:
         raise ParamsError(f"params: 'report.power' must be < 1, got {report.power!r}")
-    return Params(
-        data=data,
-        merge=merge,
-        split=split,
-        deform=deform,
-        model=model,
-        train=train,
-        robustness=robustness,
-        report=report,
-    )
+    return report
 
 
 class RunSelectionError(ParamsError):

@@ -26,8 +26,8 @@ from dogbreeds.data.preprocess import Normalize
 from dogbreeds.ops.deform_conv import DeformConv
 from dogbreeds.params import Params, run_name
 from dogbreeds.training.checkpoint import load_checkpoint
-from dogbreeds.training.devices import resolve_device
 from dogbreeds.training.loop import predict
+from dogbreeds.training.setup import set_up_run
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def run_offsets(
 ) -> dict:
     """Offsets of every trained deformable net: mean |offset| per layer (clean, deformed) and a
     figure each. Returns {run: {layer: {"clean": x, "deformed": y}}} (empty without any)."""
-    device = resolve_device(params.train.device)
+    device = set_up_run(params, "deformable").device
     clean, deformed = load_split(prepared / "test_clean.pt"), load_split(prepared / "test.pt")
     results: dict = {}
     with atomic_path(out) as folder:

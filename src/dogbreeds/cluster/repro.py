@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import subprocess
-import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -35,6 +34,7 @@ from pathlib import Path
 from dogbreeds import DogbreedsError
 from dogbreeds.cluster.plan import Step, plan
 from dogbreeds.cluster.worker import TOPIC, StageJob, StageResult, hand_over, run_stage
+from dogbreeds.common import proc
 
 log = logging.getLogger(__name__)
 
@@ -58,20 +58,17 @@ class ClusterRun:
 
 
 def git(root: Path, *args: str, check: bool = True) -> str:
-    proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise ClusterError(f"git {' '.join(args)} failed in {root}: {proc.stderr.strip()}")
-    return proc.stdout.strip()
+    done = proc.git(root, *args)
+    if check and done.returncode != 0:
+        raise ClusterError(f"git {' '.join(args)} failed in {root}: {done.stderr.strip()}")
+    return done.stdout.strip()
 
 
 def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True
-    )
-    if check and proc.returncode != 0:
-        raise ClusterError(f"dvc {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
-    return proc
+    done = proc.dvc(root, *args)
+    if check and done.returncode != 0:
+        raise ClusterError(f"dvc {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
+    return done
 
 
 def check_workspace(root: Path, git_remote: str | None) -> tuple[str, str]:
@@ -91,10 +88,7 @@ def check_workspace(root: Path, git_remote: str | None) -> tuple[str, str]:
             )
     heads = [line.split()[0] for line in git(root, "ls-remote", git_remote).splitlines()]
     on_remote = commit in heads or any(
-        subprocess.run(
-            ["git", "merge-base", "--is-ancestor", commit, head], cwd=root, capture_output=True
-        ).returncode
-        == 0
+        proc.git(root, "merge-base", "--is-ancestor", commit, head).returncode == 0
         for head in heads
     )
     if not on_remote:

@@ -26,18 +26,14 @@ import torch
 
 from dogbreeds.commands import profile
 from dogbreeds.data.preprocess import Normalize
-from dogbreeds.nets.models import MODELS, build_model
+from dogbreeds.nets.models import MODELS
 from dogbreeds.ops.deform_conv import BACKENDS, runs_on
 from dogbreeds.params import AugmentParams
 from dogbreeds.training.batches import epoch_plan
-from dogbreeds.training.devices import (
-    AMP_DTYPES,
-    MEMORY_FORMATS,
-    configure_device,
-    prepare_model,
-)
-from dogbreeds.training.loop import predict, train_step
+from dogbreeds.training.devices import MEMORY_FORMATS, configure_device
+from dogbreeds.training.loop import StepContext, predict, train_step
 from dogbreeds.training.optim import make_optimizer
+from dogbreeds.training.setup import RunSetup
 
 
 @dataclass
@@ -85,14 +81,13 @@ def bench_one(
     memory_format: str = "channels_last",
 ) -> Result:
     """Throughput of one configuration, on random uint8 data of the real shape."""
-    torch.manual_seed(0)
-    model = build_model(net, deform_backend=backend if backend != "-" else "auto")
-    model = prepare_model(model, device, memory_format)
+    setup = RunSetup(net, device, amp, backend if backend != "-" else "auto")
+    model = setup.new_model(7, 1.0, seed=0, memory_format=memory_format)  # not a study run
     n = batch * 4
     images = torch.randint(0, 256, (n, 3, resolution, resolution), dtype=torch.uint8)
     images, labels = images.to(device), torch.randint(0, 7, (n,)).to(device)
     normalize = Normalize([0.5] * 3, [0.25] * 3, device)
-    dtype = AMP_DTYPES[amp]
+    dtype = setup.dtype
     optimizer, peaks = make_optimizer(model, 1e-3, 1e-4, 0.1)
     total = steps * (repeats + 1) + 1
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total)
@@ -101,11 +96,10 @@ def bench_one(
     plan = epoch_plan(n, batch, torch.Generator().manual_seed(0), augment, device)
     calls = iter(range(10**9))
 
+    step = StepContext(model, normalize, optimizer, scheduler, scaler, 0.1, dtype)
+
     def one_train_step() -> None:
-        batch_plan = plan[next(calls) % len(plan)]
-        train_step(
-            model, images, labels, batch_plan, normalize, optimizer, scheduler, scaler, 0.1, dtype
-        )
+        train_step(step, images, labels, plan[next(calls) % len(plan)])
 
     def eval_step() -> None:
         predict(model, images[:batch], normalize, batch, dtype)
@@ -155,6 +149,15 @@ def markdown(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def write_profile(batch: int, resolution: int, out: Path) -> None:
+    """`--profile`: each net's per-layer, per-pass table (commands/profile.py) to OUT-profile.md."""
+    tables = [profile.markdown(net, profile.profile_net(net, batch, resolution)) for net in MODELS]
+    text = "\n\n".join(tables) + "\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_name(out.name + "-profile.md").write_text(text)
+    print(text)
+
+
 def cpu_name() -> str:
     """The CPU's model name (platform.processor() is empty on Linux)."""
     try:
@@ -193,14 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.profile:
-        tables = [
-            profile.markdown(net, profile.profile_net(net, args.batch[0], args.resolution))
-            for net in MODELS
-        ]
-        text = "\n\n".join(tables) + "\n"
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_name(args.out.name + "-profile.md").write_text(text)
-        print(text)
+        write_profile(args.batch[0], args.resolution, args.out)
         return
     devices = [torch.device(d) for d in args.device]
     for device in devices:

@@ -33,7 +33,6 @@ import argparse
 import ast
 import logging
 import re
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -41,6 +40,7 @@ from functools import cache
 from pathlib import Path
 
 from dogbreeds import DogbreedsError
+from dogbreeds.common.proc import git
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +111,10 @@ def exp_show(repo: Path, revs: list[str] | None = None, num: int = 1) -> list[di
 
 def branch_and_tag_commits(repo: Path) -> list[str]:
     """Every commit on a branch or a tag: the baselines `dvc exp show -A` looks at."""
-    proc = subprocess.run(
-        ["git", "-C", str(repo), "rev-list", "--branches", "--tags"],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise CompareError(f"git rev-list failed in {repo}: {proc.stderr.strip()}")
-    return proc.stdout.split()
+    done = git(repo, "rev-list", "--branches", "--tags")
+    if done.returncode != 0:
+        raise CompareError(f"git rev-list failed in {repo}: {done.stderr.strip()}")
+    return done.stdout.split()
 
 
 def experiment_baselines(repo: Path) -> list[str]:

@@ -26,19 +26,10 @@ from PIL import Image
 
 from dogbreeds.data.prepared import Split, load_split
 from dogbreeds.data.preprocess import Normalize, input_stats
-from dogbreeds.nets.models import build_model
-from dogbreeds.ops.deform_conv import default_backend
-from dogbreeds.params import load_params
+from dogbreeds.params import Params, Schedule, for_seed, load_params, run_name
 from dogbreeds.training.batches import steps_per_epoch
-from dogbreeds.training.devices import (
-    AMP_DTYPES,
-    configure_device,
-    prepare_model,
-    resolve_amp,
-    resolve_device,
-    runtime,
-)
 from dogbreeds.training.loop import batch_mean_accuracy, predict, score, train_model
+from dogbreeds.training.setup import RunSetup, set_up_run
 
 SPLITS = ("train", "val", "test", "test_clean")  # what training and the test scores need
 
@@ -89,63 +80,68 @@ def load(source: Path) -> dict[str, Split]:
 
 
 def run(source: Path, params_path: Path) -> list[dict]:
-    """Train and score every (arch, schedule) of params; one result dict per run."""
+    """Train and score every (arch, schedule, seed) of params; one result dict per run."""
     params = load_params(params_path)
-    device = resolve_device(params.train.device)
-    configure_device(device)
     splits = load(source)
     mean, std = input_stats(splits["train"].images, params.train.normalize)
-    normalize = Normalize(mean, std, device)
-    splits = {name: split.to(device) for name, split in splits.items()}
     results = []
     for arch in params.train.archs:
+        setup = set_up_run(params, arch)
+        normalize = Normalize(mean, std, setup.device)
+        on_device = {name: split.to(setup.device) for name, split in splits.items()}
         for schedule in params.train.schedules.values():
-            amp = resolve_amp(params.train.amp, device, arch)
-            backend = params.model.deformable.backend
-            backend = default_backend(device) if backend == "auto" else backend
-            torch.manual_seed(params.train.seed)  # train.seeds[0]
-            model = build_model(
-                arch, num_classes=len(splits["train"].breeds),
-                width_mult=params.model.width_mult, deform_backend=backend,
-            )  # fmt: skip
-            model = prepare_model(model, device)
-            dtype = AMP_DTYPES[amp]
-            started = time.perf_counter()
-            history = train_model(
-                model, splits["train"], splits["val"], normalize, schedule, params.train,
-                params.model.deformable.offset_lr_mult, desc=f"{arch}-{schedule.name}",
-                dtype=dtype,
-            )  # fmt: skip
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            wall = time.perf_counter() - started
-            steps = steps_per_epoch(len(splits["train"].labels), params.train.batch_size)
-            result = {
-                "run": f"{arch}-{schedule.name}",
-                "train_acc": history[-1].train_acc,
-                "val_acc": history[-1].val_acc,
-                "wall_time_s": round(wall, 1),
-                "train_img_s": round(steps * sum(schedule.epochs) * params.train.batch_size / wall),
-                **runtime(device, amp, backend if arch == "deformable" else None),
-            }
-            eval_batch = params.train.eval_batch_size
-            result["predicted"] = {}
-            for name, key in (
-                ("val", "val_acc"),
-                ("test", "test_acc"),
-                ("test_clean", "clean_test_acc"),
-            ):
-                split = splits[name]
-                log_probs = predict(model, split.images, normalize, eval_batch, dtype)
-                predicted = log_probs.argmax(dim=1)
-                result[key] = score(log_probs, split.labels)[1]
-                # the paper's estimator, for comparing with its numbers only
-                hits = (predicted == split.labels).cpu()
-                result[f"{key}_batch_mean"] = batch_mean_accuracy(hits, eval_batch)
-                result["predicted"][name] = predicted.tolist()
-            print(json.dumps({k: v for k, v in result.items() if k != "predicted"}), flush=True)
-            results.append(result)
+            for seed in params.train.seeds:
+                result = train_and_score(params, setup, schedule, seed, on_device, normalize)
+                print(json.dumps({k: v for k, v in result.items() if k != "predicted"}),
+                      flush=True)  # fmt: skip
+                results.append(result)
     return results
+
+
+def train_and_score(
+    params: Params,
+    setup: RunSetup,
+    schedule: Schedule,
+    seed: int,
+    splits: dict[str, Split],
+    normalize: Normalize,
+) -> dict:
+    """One run as the train stage would make it (the same engine, set-up and seeds), timed,
+    then scored on val and both test sets, with each split's predicted breeds."""
+    train_params = for_seed(params.train, seed)  # data order and augmentation: this seed's
+    model = setup.new_model(len(splits["train"].breeds), params.model.width_mult, seed)
+    name = run_name(setup.arch, schedule.name, seed)
+    started = time.perf_counter()
+    history = train_model(
+        model, splits["train"], splits["val"], normalize, schedule, train_params,
+        params.model.deformable.offset_lr_mult, desc=name, dtype=setup.dtype,
+    )  # fmt: skip
+    if setup.device.type == "cuda":
+        torch.cuda.synchronize(setup.device)
+    wall = time.perf_counter() - started
+    steps = steps_per_epoch(len(splits["train"].labels), train_params.batch_size)
+    images = steps * sum(schedule.epochs) * train_params.batch_size
+    result = {
+        "run": name,
+        "train_acc": history[-1].train_acc,
+        "val_acc": history[-1].val_acc,
+        "wall_time_s": round(wall, 1),
+        "train_img_s": round(images / wall),
+        **setup.runtime(),
+        "predicted": {},
+    }
+    eval_batch = train_params.eval_batch_size
+    for split_name, key in (("val", "val_acc"), ("test", "test_acc"),
+                            ("test_clean", "clean_test_acc")):  # fmt: skip
+        split = splits[split_name]
+        log_probs = predict(model, split.images, normalize, eval_batch, setup.dtype)
+        predicted = log_probs.argmax(dim=1)
+        result[key] = score(log_probs, split.labels)[1]
+        # the paper's estimator, for comparing with its numbers only
+        hits = (predicted == split.labels).cpu()
+        result[f"{key}_batch_mean"] = batch_mean_accuracy(hits, eval_batch)
+        result["predicted"][split_name] = predicted.tolist()
+    return result
 
 
 def table(results: list[dict]) -> str:

@@ -25,15 +25,17 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 from PIL import Image
 
 from dogbreeds import DogbreedsError
 from dogbreeds.analysis.plots import plt
+from dogbreeds.common import proc
 from dogbreeds.common.cli import run_stage
+from dogbreeds.common.dotted import flatten
 from dogbreeds.common.fs import atomic_path, write_json
+from dogbreeds.common.proc import git_output
 from dogbreeds.params import Params, load_params, parse_yaml, read_yaml, run_name
 
 MAX_PNG_BYTES = 200_000  # the one kind of image git holds: small figures (developer guide)
@@ -53,26 +55,12 @@ def need(path: Path) -> Path:
     return path
 
 
-def git(repo: Path, *args: str) -> str | None:
-    out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
-    return out.stdout if out.returncode == 0 else None
-
-
-def flatten(tree, prefix: str = "") -> dict:
-    if not isinstance(tree, dict):
-        return {prefix.rstrip("."): tree}
-    flat: dict = {}
-    for key, value in tree.items():
-        flat.update(flatten(value, f"{prefix}{key}."))
-    return flat
-
-
 def params_diff(repo: Path) -> dict[str, dict]:
     """params.yaml of the workspace against the commit's: {key: {"commit": a, "study": b}}.
 
     `dvc exp run -S key=value` edits the workspace's params.yaml, so this is what the study ran
     with beyond the committed defaults."""
-    committed = parse_yaml(git(repo, "show", "HEAD:params.yaml") or "{}") or {}
+    committed = parse_yaml(git_output(repo, "show", "HEAD:params.yaml") or "{}") or {}
     ran = read_yaml(repo / "params.yaml") or {}
     old, new = flatten(committed), flatten(ran)
     return {
@@ -225,7 +213,7 @@ def figures(params: Params, repo: Path) -> dict[str, Path]:
 
 def changed_code(repo: Path) -> list[str]:
     """Code files that differ from the commit (a report rerun with newer code, say)."""
-    status = git(repo, "status", "--porcelain", "--", "src", "stages", "dvc.yaml") or ""
+    status = git_output(repo, "status", "--porcelain", "--", "src", "stages", "dvc.yaml") or ""
     return sorted(line[3:] for line in status.splitlines() if line.strip())
 
 
@@ -242,18 +230,18 @@ def experiment_name(repo: Path) -> str | None:
     if os.environ.get("DVC_EXP_NAME"):
         return os.environ["DVC_EXP_NAME"]
     files = ("dvc.lock", "params.yaml")
-    ours = (git(repo, "hash-object", "--", *files) or "").split()
-    listed = git(repo, "for-each-ref", "--sort=-committerdate", "--format=%(refname)", "refs/exps/")
+    ours = (git_output(repo, "hash-object", "--", *files) or "").split()
+    listed = git_output(
+        repo, "for-each-ref", "--sort=-committerdate", "--format=%(refname)", "refs/exps/"
+    )
     refs = [r for r in (listed or "").split() if EXP_REF.match(r)]
     if len(ours) != len(files) or not refs:
         return None
     query = "".join(f"{ref}:{file}\n" for ref in refs for file in files)
-    out = subprocess.run(
-        ["git", "-C", str(repo), "cat-file", "--batch-check=%(objectname)"],
-        input=query, capture_output=True, text=True,
-    ).stdout.splitlines()  # fmt: skip
+    out = proc.git(repo, "cat-file", "--batch-check=%(objectname)", input=query).stdout
+    out = out.splitlines()
     found = [ref for i, ref in enumerate(refs) if out[2 * i : 2 * i + 2] == ours]
-    head = (git(repo, "rev-parse", "HEAD") or "").strip()
+    head = (git_output(repo, "rev-parse", "HEAD") or "").strip()
     found.sort(key=lambda ref: EXP_REF.match(ref)["base"].replace("/", "") != head)  # HEAD's
     return EXP_REF.match(found[0])["name"] if found else None
 
@@ -350,7 +338,7 @@ def snapshot(
         small_png(folder / "accuracy-vs-macs.png", folder / "accuracy-vs-macs.png")
         provenance = {
             "name": name,
-            "commit": (git(repo, "rev-parse", "HEAD") or "").strip() or None,
+            "commit": (git_output(repo, "rev-parse", "HEAD") or "").strip() or None,
             "run_commits": run_commits(rows, repo),
             "code_changed_since_commit": changed_code(repo),
             "note": note,

@@ -54,8 +54,9 @@ from ruamel.yaml import YAML
 
 from dogbreeds import DogbreedsError
 from dogbreeds.analysis.stats import CONFIDENCE, Interval, prediction_interval
-from dogbreeds.commands.snapshot import flatten
+from dogbreeds.common.dotted import flatten
 from dogbreeds.common.fs import atomic_path
+from dogbreeds.common.proc import git
 from dogbreeds.params import parse_yaml, read_yaml
 
 # runs.tsv's metrics of one run: all must be equal for a bit-identical rerun
@@ -190,10 +191,6 @@ def chosen_runs(snapshot: Snapshot, cells: list[str] | None, seeds: list[int] | 
 
 
 # ----------------------------------------------------------------------------- the study's params
-
-
-def git(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
 
 
 def check_commit(repo: Path, commit: str) -> None:

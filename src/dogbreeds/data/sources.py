@@ -730,6 +730,8 @@ def http_download(
     error says what came), so `dest` existing means a finished, checked download. A cached
     `dest` that fails the check (left by an older version) is deleted and fetched again. A
     server that ignores Range restarts from zero.
+    Over 60 lines on purpose: one request's life (cache check, Range, the response's status
+    cases, the byte loop, the rename) reads best in the order it happens.
     """
     if dest.exists():
         problem = check(dest) if check else None

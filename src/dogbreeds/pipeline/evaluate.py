@@ -26,6 +26,7 @@ import torch
 
 from dogbreeds.analysis.scores import (
     EvaluationError,
+    Predictions,
     confusion_matrix,
     confusion_records,
     per_class_accuracy,
@@ -37,14 +38,8 @@ from dogbreeds.common.fs import atomic_path, write_json
 from dogbreeds.data.preprocess import Normalize
 from dogbreeds.params import Params, run_name, select_run
 from dogbreeds.tracking import runs as tracking
-from dogbreeds.training.checkpoint import load_checkpoint
-from dogbreeds.training.devices import (
-    configure_device,
-    prepare_model,
-    resolve_amp,
-    resolve_device,
-)
 from dogbreeds.training.loop import score
+from dogbreeds.training.setup import set_up_run
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +49,7 @@ SPLITS = {"test": "test.pt", "clean_test": "test_clean.pt", "val": "val.pt"}
 
 
 PREDICTION_COLUMNS = ("id", "label", "test", "clean_test")  # label and predicted class indices
+PREDICTED = PREDICTION_COLUMNS[2:]  # the splits whose predicted classes are kept per image
 
 
 def write_predictions(
@@ -96,61 +92,82 @@ def run_evaluation(
     """
     select_run(params, arch, schedule_name, seed)
     name = run_name(arch, schedule_name, seed)
-    device = resolve_device(params.train.device)
-    configure_device(device)
-    amp = resolve_amp(params.train.amp, device, arch)  # the precision training used here
-    model, meta = load_checkpoint(models_dir / f"{name}.pt", device)
-    model = prepare_model(model, device)
-    normalize = Normalize(meta["mean"], meta["std"], device)
+    setup = set_up_run(params, arch)  # the device and precision training used here
+    model, meta = setup.load_model(models_dir / f"{name}.pt")
+    normalize = Normalize(meta["mean"], meta["std"], setup.device)
     breeds = meta["breeds"]
 
+    batch = params.train.eval_batch_size
     outputs = {
-        prefix: predict_split(
-            model, prepared / filename, breeds, normalize, params.train.eval_batch_size, amp
-        )
-        for prefix, filename in SPLITS.items()
+        prefix: predict_split(model, prepared / file, breeds, normalize, batch, setup.amp)
+        for prefix, file in SPLITS.items()
     }
-    results: dict = {}
-    for prefix, out in outputs.items():
-        results[f"{prefix}_loss"], results[f"{prefix}_acc"] = score(out.log_probs, out.labels)
-    # The paper's test set (deformed): where per-breed errors are read.
-    log_probs, labels, test_ids = outputs["test"]
-    test_labels, predicted = labels.cpu(), log_probs.argmax(dim=1).cpu()
-    confusion = confusion_matrix(test_labels, predicted, len(breeds))
-    results["per_class_test_acc"] = per_class_accuracy(confusion, breeds)
+    check_same_images(outputs, prepared)
+    results, confusion = score_splits(outputs, breeds)
     log.info(
         "%s: test acc %.4f (deformed), %.4f (clean); val acc %.4f",
-        name,
-        results["test_acc"],
-        results["clean_test_acc"],
-        results["val_acc"],
-    )
-
-    curves = robustness_curves(params, model, breeds, normalize, robustness_dir, amp)
+        name, results["test_acc"], results["clean_test_acc"], results["val_acc"],
+    )  # fmt: skip
+    curves = robustness_curves(params, model, breeds, normalize, robustness_dir, setup.amp)
     timeline.mark("last_step")  # the last batch: what follows is the stage's fixed cost
 
     trained_in = trained_run_id(train_metrics_dir / f"{name}.json")
     tags = {**tracking.run_tags(arch, schedule_name), "seed": str(seed)}
     run = tracking.resume_run(trained_in, name, tags)
     results["mlflow_run_id"] = run.run_id
+    results["confusion"] = confusion.tolist()  # rows: actual breed, columns: predicted
+    confusion_json = write_evaluation(metrics_dir, name, outputs, results, curves, breeds)
+    log_evaluation(run, results, curves, confusion_json)
+    return results
 
-    clean_log_probs, clean_labels, _ = outputs["clean_test"]
-    if not torch.equal(clean_labels.cpu(), test_labels):
+
+def check_same_images(outputs: dict[str, Predictions], prepared: Path) -> None:
+    """The clean test set must hold the deformed one's images, in its order, before either
+    is deformed: the labels (and so the per-image predictions file) line up."""
+    if not torch.equal(outputs["clean_test"].labels.cpu(), outputs["test"].labels.cpu()):
         raise EvaluationError(
             f"{prepared / SPLITS['clean_test']}: labels differ from {prepared / SPLITS['test']}"
             " (rerun the deform stage: dvc repro deform)"
         )
-    predicted_by_split = {"test": predicted, "clean_test": clean_log_probs.argmax(dim=1).cpu()}
-    write_predictions(
-        metrics_dir / f"{name}-predictions.csv", test_ids, test_labels, predicted_by_split
-    )
 
+
+def score_splits(outputs: dict[str, Predictions], breeds: list[str]) -> tuple[dict, torch.Tensor]:
+    """Loss and accuracy per split, and per breed on the paper's test set (deformed): where
+    per-breed errors are read. Returns the scores and that test set's confusion matrix."""
+    results: dict = {}
+    for prefix, out in outputs.items():
+        results[f"{prefix}_loss"], results[f"{prefix}_acc"] = score(out.log_probs, out.labels)
+    test = outputs["test"]
+    predicted = test.log_probs.argmax(dim=1).cpu()
+    confusion = confusion_matrix(test.labels.cpu(), predicted, len(breeds))
+    results["per_class_test_acc"] = per_class_accuracy(confusion, breeds)
+    return results, confusion
+
+
+def write_evaluation(
+    metrics_dir: Path,
+    name: str,
+    outputs: dict[str, Predictions],
+    results: dict,
+    curves: dict,
+    breeds: list[str],
+) -> Path:
+    """What DVC tracks: the per-image predictions, the confusion records, the scores and the
+    robustness curves. Returns the confusion records' path (MLflow keeps it too)."""
+    test = outputs["test"]
+    labels = test.labels.cpu()
+    predicted = {split: outputs[split].log_probs.argmax(dim=1).cpu() for split in PREDICTED}
+    write_predictions(metrics_dir / f"{name}-predictions.csv", test.ids, labels, predicted)
     confusion_json = metrics_dir / f"{name}-confusion.json"
-    write_json(confusion_json, confusion_records(test_labels, predicted, breeds))
-    results["confusion"] = confusion.tolist()  # rows: actual breed, columns: predicted
+    write_json(confusion_json, confusion_records(labels, predicted["test"], breeds))
     write_json(metrics_dir / f"{name}.json", results)
     write_json(metrics_dir / f"{name}-robustness.json", curves)
+    return confusion_json
 
+
+def log_evaluation(run: tracking.Run, results: dict, curves: dict, confusion_json: Path) -> None:
+    """The test scores into the training's MLflow run, linked to its logged model, the
+    robustness curves as series, and the confusion records."""
     # test metrics only: val_* would clash with the training's per-epoch series of that name
     flat = {k: v for k, v in results.items() if k.startswith(("test_", "clean_test_"))}
     flat.update({f"test_acc_{b}": acc for b, acc in results["per_class_test_acc"].items()})
@@ -161,4 +178,3 @@ def run_evaluation(
         for strength, acc in curve.items():
             run.log_metrics({f"robust_acc_{kind}": acc}, step=round(float(strength) * 100))
     run.log_artifact(confusion_json)
-    return results

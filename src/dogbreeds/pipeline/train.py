@@ -18,34 +18,25 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, replace
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
-
-import torch
 
 from dogbreeds.common.fs import file_md5, write_json
 from dogbreeds.common.progress import human_duration
 from dogbreeds.data.prepared import load_prepared
 from dogbreeds.data.preprocess import Normalize, input_stats
-from dogbreeds.nets.models import MODELS, build_model, net_size
-from dogbreeds.ops.deform_conv import default_backend
+from dogbreeds.nets.models import MODELS, net_size
 from dogbreeds.params import Params, Schedule, for_seed, run_name, select_run
 from dogbreeds.tracking import lineage, study
 from dogbreeds.tracking import runs as tracking
 from dogbreeds.tracking.store import store_root
 from dogbreeds.training import resume
 from dogbreeds.training.checkpoint import save_checkpoint
-from dogbreeds.training.devices import (
-    AMP_DTYPES,
-    configure_device,
-    prepare_model,
-    resolve_amp,
-    resolve_device,
-    runtime,
-)
-from dogbreeds.training.history import write_history
-from dogbreeds.training.loop import train_model
+from dogbreeds.training.history import EpochRecord, write_history
+from dogbreeds.training.loop import TrainingHooks, train_model
+from dogbreeds.training.setup import set_up_run
 from dogbreeds.training.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -77,104 +68,140 @@ def run_training(
     schedule = select_run(params, arch, schedule_name, seed)
     params = replace(params, train=for_seed(params.train, seed))  # train.seed: this run's
     name = run_name(arch, schedule_name, seed)
-    device = resolve_device(params.train.device)
-    configure_device(device)
-    amp = resolve_amp(params.train.amp, device, arch)
-    backend = params.model.deformable.backend
-    if backend == "auto" and arch == "deformable":  # only it has DeformConv layers to build
-        backend = default_backend(device)
+    setup = set_up_run(params, arch)
     train, val = load_prepared(prepared, params.model.resolution)
     mean, std = input_stats(train.images, params.train.normalize)
-    normalize = Normalize(mean, std, device)
-    train, val = train.to(device), val.to(device)
-    torch.manual_seed(seed)  # the initial weights
-    model = build_model(
-        arch,
-        num_classes=len(train.breeds),
-        width_mult=params.model.width_mult,
-        deform_backend=backend,
-    )
-    model = prepare_model(model, device)
-    info = runtime(device, amp, backend if arch == "deformable" else None)
+    normalize = Normalize(mean, std, setup.device)
+    train, val = train.to(setup.device), val.to(setup.device)
+    model = setup.new_model(len(train.breeds), params.model.width_mult, seed)
+    info = setup.runtime()
     log.info("%s: %d train, %d val images; %s", name, len(train.ids), len(val.ids), info)
 
     key = resume.state_key(
         run_params(params, arch, schedule), info, [prepared / "train.pt", prepared / "val.pt"]
     )
-    state_path = resume.state_path(name, key, state_dir)
-    with resume.claim(state_path) as owned:
-        saved = resume.load_state(state_path) if owned else None
-        state, earlier = saved if saved else (None, {})
-        tags = {**tracking.run_tags(arch, schedule_name), "seed": str(seed)}
-        tags |= study.child_tags()  # a child of this repro's or experiment's study run
-        if owned:  # runs an earlier, killed attempt left RUNNING end FAILED
-            tracking.fail_abandoned_runs(key, partial(lineage.dvc_records, root=store_root()))
-            tags[tracking.RESUME_KEY_TAG] = key
-        if state is not None:
-            tags |= resumed_tags(name, state, earlier, sum(schedule.epochs))
-
-        with tracking.training_run(name, tags, system=True) as run:  # CPU, memory, GPU too
-            run.log_params(run_params(params, arch, schedule))
-            run.set_tags({f"runtime.{k}": v for k, v in info.items()})
-            for record in state.history if state else []:  # the run's curves start at epoch 1
-                run.log_metrics(record.metrics(), step=record.epoch)
-            started = time.perf_counter() - earlier.get("wall_time_s", 0.0)
-
-            def keep(new_state) -> None:
-                """After every epoch: the state a rerun continues from if this process dies."""
-                elapsed = round(time.perf_counter() - started, 3)
-                resume.save_state(
-                    state_path, new_state, {"mlflow_run_id": run.run_id, "wall_time_s": elapsed}
-                )
-
-            history = train_model(
-                model, train, val, normalize, schedule, params.train,
-                params.model.deformable.offset_lr_mult,
-                on_epoch=lambda r: run.log_metrics(r.metrics(), step=r.epoch),
-                desc=name, dtype=AMP_DTYPES[amp],
-                state=state, on_state=keep if owned else None,
-            )  # fmt: skip
-            wall_time = time.perf_counter() - started
-            last = history[-1]
-            summary = {
-                "train_loss": last.train_loss,
-                "train_acc": last.train_acc,
-                "val_loss": last.val_loss,
-                "val_acc": last.val_acc,
-                "epochs": last.epoch,
-                "wall_time_s": round(wall_time, 2),
-                **net_summary(arch, params),
-                **info,
-                "mlflow_run_id": run.run_id,  # the run cache may skip this stage: keep the id
-            }
-            meta = {
-                "arch": arch,
-                "schedule": schedule_name,
-                "seed": seed,
-                "width_mult": params.model.width_mult,
-                "resolution": params.model.resolution,
-                "deform_backend": backend,
-                "amp": amp,
-                "breeds": train.breeds,
-                "mean": mean,
-                "std": std,
-                "history": [asdict(r) for r in history],
-            }
-            save_checkpoint(models_dir / f"{name}.pt", model, meta)
-            write_history(metrics_dir / f"{name}.tsv", history)
-            write_json(metrics_dir / f"{name}.json", summary)
-            run.set_tags({tracking.OUTPUT_MD5_TAG: file_md5(metrics_dir / f"{name}.json")})
-
-            run.log_metrics({"wall_time_s": wall_time})
-            lineage.log_prepared_dataset(run, prepared)  # the data version, by its DVC hash
-            from dogbreeds.serving import pyfunc  # MLflow's model code: only where it logs one
-
-            pyfunc.log_model(run, models_dir / f"{name}.pt")  # servable: runs:/<id>/model
-            run.log_artifact(metrics_dir / f"{name}.tsv")  # MLflow charts the curves itself
-        if owned:
-            resume.remove_state(state_path)  # the outputs are written: nothing left to resume
-    log.info("%s: done in %s, val acc %.4f", name, human_duration(wall_time), last.val_acc)
+    with TrainingRecord(name, key, state_dir) as record:  # resume state and MLflow run
+        record.start(run_params(params, arch, schedule), info, seed, sum(schedule.epochs))
+        history = train_model(
+            model, train, val, normalize, schedule, params.train,
+            params.model.deformable.offset_lr_mult, desc=name, dtype=setup.dtype, hooks=record,
+        )  # fmt: skip
+        wall_time = record.elapsed()
+        meta = {
+            "arch": arch, "schedule": schedule_name, "seed": seed,
+            "width_mult": params.model.width_mult, "resolution": params.model.resolution,
+            "deform_backend": setup.backend, "amp": setup.amp, "breeds": train.breeds,
+            "mean": mean, "std": std, "history": [asdict(r) for r in history],
+        }  # fmt: skip
+        summary = {
+            **history[-1].summary(),
+            "wall_time_s": round(wall_time, 2),
+            **net_summary(arch, params),
+            **info,
+            "mlflow_run_id": record.run.run_id,  # the run cache may skip this stage: keep it
+        }
+        outputs = TrainingOutputs(models_dir / f"{name}.pt", metrics_dir, name)
+        outputs.write(model, meta, history, summary)
+        record.finish(outputs, prepared, wall_time)
+    log.info("%s: done in %s, val acc %.4f", name, human_duration(wall_time), history[-1].val_acc)
     return summary
+
+
+@dataclass(frozen=True)
+class TrainingOutputs:
+    """What the train stage writes for DVC: the checkpoint, and the per-epoch TSV and the
+    metrics JSON under metrics/train/."""
+
+    checkpoint: Path
+    metrics_dir: Path
+    name: str
+
+    @property
+    def history_tsv(self) -> Path:
+        return self.metrics_dir / f"{self.name}.tsv"
+
+    @property
+    def metrics_json(self) -> Path:
+        return self.metrics_dir / f"{self.name}.json"
+
+    def write(self, model, meta: dict, history: list, summary: dict) -> None:
+        save_checkpoint(self.checkpoint, model, meta)
+        write_history(self.history_tsv, history)
+        write_json(self.metrics_json, summary)
+
+
+class TrainingRecord(TrainingHooks):
+    """Resume and tracking, plugged into the training loop as its hooks.
+
+    Entering claims the run's resume state (`resume.claim`: one process per run) and loads what
+    a killed attempt left; `start` opens the MLflow run (a child of the study's, with system
+    metrics) and replays the resumed epochs into it; after every epoch the record is logged and
+    the state kept; `finish` logs the outputs and the model. Leaving closes the run, and after
+    `finish` removes the state: the outputs are written, nothing is left to resume.
+    """
+
+    def __init__(self, name: str, key: str, state_dir: Path | None) -> None:
+        self.name, self.key = name, key
+        self.state_path = resume.state_path(name, key, state_dir)
+        self.stack = ExitStack()
+        self.finished = False
+        self.earlier: dict = {}
+
+    def __enter__(self) -> TrainingRecord:
+        self.owned = self.stack.enter_context(resume.claim(self.state_path))
+        saved = resume.load_state(self.state_path) if self.owned else None
+        self.state, self.earlier = saved if saved else (None, {})
+        self.keeps_states = self.owned
+        self.stack.callback(self.remove_state_when_finished)  # after the run closes
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return self.stack.__exit__(*exc)
+
+    def start(self, params: dict, info: dict, seed: int, epochs: int) -> None:
+        arch, schedule = params["run"]["arch"], params["run"]["schedule"]
+        tags = {**tracking.run_tags(arch, schedule), "seed": str(seed)}
+        tags |= study.child_tags()  # a child of this repro's or experiment's study run
+        if self.owned:  # runs an earlier, killed attempt left RUNNING end FAILED
+            tracking.fail_abandoned_runs(self.key, partial(lineage.dvc_records, root=store_root()))
+            tags[tracking.RESUME_KEY_TAG] = self.key
+        if self.state is not None:
+            tags |= resumed_tags(self.name, self.state, self.earlier, epochs)
+        self.run = self.stack.enter_context(
+            tracking.training_run(self.name, tags, system=True)  # CPU, memory, GPU too
+        )
+        self.run.log_params(params)
+        self.run.set_tags({f"runtime.{k}": v for k, v in info.items()})
+        for record in self.state.history if self.state else []:  # curves start at epoch 1
+            self.run.log_metrics(record.metrics(), step=record.epoch)
+        self.started = time.perf_counter() - self.earlier.get("wall_time_s", 0.0)
+
+    def elapsed(self) -> float:
+        """Seconds of training, the killed attempts' included."""
+        return time.perf_counter() - self.started
+
+    def epoch_done(self, record: EpochRecord) -> None:
+        self.run.log_metrics(record.metrics(), step=record.epoch)
+
+    def keep(self, state: TrainState) -> None:
+        """After every epoch: the state a rerun continues from if this process dies."""
+        facts = {"mlflow_run_id": self.run.run_id, "wall_time_s": round(self.elapsed(), 3)}
+        resume.save_state(self.state_path, state, facts)
+
+    def finish(self, outputs: TrainingOutputs, prepared: Path, wall_time: float) -> None:
+        """Log the written outputs: their hash, the wall time, the data version, the model."""
+        self.run.set_tags({tracking.OUTPUT_MD5_TAG: file_md5(outputs.metrics_json)})
+        self.run.log_metrics({"wall_time_s": wall_time})
+        lineage.log_prepared_dataset(self.run, prepared)  # the data version, by its DVC hash
+        from dogbreeds.serving import pyfunc  # MLflow's model code: only where it logs one
+
+        pyfunc.log_model(self.run, outputs.checkpoint)  # servable: runs:/<id>/model
+        self.run.log_artifact(outputs.history_tsv)  # MLflow charts the curves itself
+        self.finished = True
+
+    def remove_state_when_finished(self) -> None:
+        if self.owned and self.finished:
+            resume.remove_state(self.state_path)
 
 
 def net_summary(arch: str, params: Params) -> dict:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -21,6 +20,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dogbreeds.common import dotted
+from dogbreeds.common.proc import git_output
 from dogbreeds.common.redact import redact
 from dogbreeds.tracking.store import (
     global_tracking_uri,
@@ -38,11 +39,8 @@ log = logging.getLogger(__name__)
 
 def git_commit(cwd: Path | None = None) -> str | None:
     """The checked-out commit, or None outside a git repository (or without git)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True)
-    except OSError:
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    out = git_output(cwd, "rev-parse", "HEAD")
+    return out.strip() if out else None
 
 
 def source_name() -> str:
@@ -67,16 +65,9 @@ def run_tags(arch: str, schedule: str) -> dict[str, str]:
     return tags
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+def flatten(tree: Mapping[str, Any]) -> dict[str, str]:
     """{'a': {'b': 1}} -> {'a.b': '1'}: MLflow params are flat strings."""
-    flat: dict[str, str] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = str(value)
-    return flat
+    return {key: str(value) for key, value in dotted.flatten(tree).items()}
 
 
 class Run:

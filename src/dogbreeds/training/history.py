@@ -30,6 +30,17 @@ class EpochRecord:
         """What MLflow logs at step = epoch."""
         return {k: v for k, v in asdict(self).items() if k != "epoch"}
 
+    def summary(self) -> dict[str, float]:
+        """A training's final numbers, as the train stage's metrics JSON starts (the last
+        epoch's record, `epochs` counting every epoch trained)."""
+        return {
+            "train_loss": self.train_loss,
+            "train_acc": self.train_acc,
+            "val_loss": self.val_loss,
+            "val_acc": self.val_acc,
+            "epochs": self.epoch,
+        }
+
 
 COLUMNS = tuple(f.name for f in fields(EpochRecord))
 TYPES = {f.name: int if f.type == "int" else float for f in fields(EpochRecord)}

@@ -1,9 +1,9 @@
 """A training stopped after an epoch, complete enough to continue exactly.
 
 After every epoch the loop can hand out a `TrainState`: weights, optimiser, scheduler, scaler,
-every random generator and the history so far. `train_model(state=...)` continues from one and
-ends with exactly the numbers of an uninterrupted run (`dogbreeds.training.resume` keeps it on
-disk).
+every random generator and the history so far. `train_model` continues from one
+(`TrainingHooks.state`) and ends with exactly the numbers of an uninterrupted run
+(`dogbreeds.training.resume` keeps it on disk).
 """
 
 from __future__ import annotations

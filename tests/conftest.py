@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -134,3 +135,29 @@ def prepared(tmp_path: Path) -> Path:
         blob = {"images": images, "labels": labels, "ids": ids, "breeds": breeds}
         torch.save(blob, folder / f"{split}.pt")
     return folder
+
+
+BARRIER = """
+import sys, time
+from pathlib import Path
+root, me = Path(sys.argv[1]), sys.argv[2]
+(root / f"ready-{me}").touch()
+while len(list(root.glob("ready-*"))) < int(sys.argv[3]):  # a barrier: go together
+    time.sleep(0.001)
+"""
+
+
+def race(imports: str, body: str, root: Path, n: int = 2, **env: str) -> list[str]:
+    """Run `body` in `n` processes that start it at the same instant (after `imports`, the
+    slow part), with the study's store under `root`; returns each one's stdout, stripped."""
+    script = textwrap.dedent(imports) + BARRIER + textwrap.dedent(body)
+    environ = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **env}
+    environ.pop("MLFLOW_TRACKING_URI", None)
+    racers = [
+        subprocess.Popen([sys.executable, "-c", script, str(root), str(i), str(n)], env=environ,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(n)
+    ]  # fmt: skip
+    outputs = [racer.communicate(timeout=120) for racer in racers]
+    assert [racer.returncode for racer in racers] == [0] * n, outputs
+    return [out.strip() for out, _ in outputs]

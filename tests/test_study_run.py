@@ -8,13 +8,8 @@ a full `dvc repro` of the tiny project is tests/test_study.py's, and minutes lon
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
-from conftest import ROOT
+from conftest import race
 from datagen import tiny_params
 
 from dogbreeds.common.fs import write_json
@@ -152,27 +147,14 @@ def test_register_ranks_by_a_linked_metric_and_says_so(tiny_study, monkeypatch):
 
 def test_a_queue_of_trainings_starting_at_once_finds_one_study_run(tmp_path):
     """`dvc queue start -j 2`: two trainings of one experiment ask for its run at one instant."""
-    script = textwrap.dedent("""
-        import sys, time
-        from pathlib import Path
-        from dogbreeds.tracking import study
-        root, me = Path(sys.argv[1]), sys.argv[2]
-        (root / f"ready-{me}").touch()
-        while len(list(root.glob("ready-*"))) < 2:  # a barrier: go together
-            time.sleep(0.001)
-        print(study.child_tags(root)[study.PARENT_TAG])
-    """)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "DVC_EXP_NAME": "racers"}
-    env.pop("MLFLOW_TRACKING_URI", None)
     store.open_experiment(tmp_path)
-    racers = [
-        subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(i)], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(2)
-    ]  # fmt: skip
-    outputs = [racer.communicate(timeout=120) for racer in racers]
-    assert [racer.returncode for racer in racers] == [0, 0], outputs
-    parents = {out.strip() for out, _ in outputs}
+    outputs = race(
+        "from dogbreeds.tracking import study\n",
+        "print(study.child_tags(root)[study.PARENT_TAG])\n",
+        tmp_path,
+        DVC_EXP_NAME="racers",
+    )
+    parents = set(outputs)
     client, experiment_id = store.open_experiment(tmp_path)
     [found] = study.study_runs(client, experiment_id, "racers")
     assert parents == {found.info.run_id}

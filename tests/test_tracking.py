@@ -11,7 +11,7 @@ import textwrap
 import threading
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, race
 
 from dogbreeds.tracking import runs as tracking
 from dogbreeds.tracking import store
@@ -85,31 +85,15 @@ def test_git_commit_is_none_outside_git(tmp_path):
 
 def test_two_processes_creating_the_store_at_once_both_succeed(tmp_path):
     """Both start their first run at the same instant on a store that does not exist yet."""
-    script = textwrap.dedent("""
-        import sys, time
-        from pathlib import Path
-        from dogbreeds.tracking import store
-        from dogbreeds.tracking import runs as tracking  # the slow part: importing mlflow
-        root, me = Path(sys.argv[1]), sys.argv[2]
-        (root / f"ready-{me}").touch()
-        while len(list(root.glob("ready-*"))) < 2:  # a barrier: go together
-            time.sleep(0.001)
-        print(tracking.start_run("racer", {}, root).run_id)
-    """)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    racers = [
-        subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(i)], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(2)
-    ]  # fmt: skip
-    outputs = [racer.communicate(timeout=120) for racer in racers]
-
-    assert [racer.returncode for racer in racers] == [0, 0], outputs
+    outputs = race(
+        "from dogbreeds.tracking import runs as tracking\n",  # the slow part: importing mlflow
+        'print(tracking.start_run("racer", {}, root).run_id)\n',
+        tmp_path,
+    )
     client, experiment_id = store.open_experiment(tmp_path)
     assert len(client.search_experiments()) == 2  # "Default" and ours, created once
     runs = client.search_runs([experiment_id])
-    assert sorted(r.info.run_id for r in runs) == sorted(out.strip() for out, _ in outputs)
+    assert sorted(r.info.run_id for r in runs) == sorted(outputs)
 
 
 def test_four_writers_at_once_lose_nothing(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dogbreeds.commands.repro import lock_problem, repair_lock
+from dogbreeds.commands.repro import lock_problem, repair_lock, repair_rwlock
 
 SOUND = {
     "schema": "2.0",
@@ -46,3 +46,28 @@ def test_a_lock_cut_short_is_moved_aside_with_one_line(tmp_path: Path, cut, prob
     assert message.startswith(f"{lock}: {problem}") and "\n" not in message
     assert not lock.exists()
     assert (tmp_path / "dvc.lock.broken").read_bytes() == broken  # kept for a post-mortem
+
+
+@pytest.mark.parametrize("cut", ["", '{"read": {}, "wri'])
+def test_a_dvc_rwlock_cut_short_is_moved_aside_and_a_sound_one_kept(tmp_path: Path, cut) -> None:
+    rwlock = tmp_path / ".dvc" / "tmp" / "rwlock"
+    assert repair_rwlock(rwlock) is None  # none: nothing to do
+    rwlock.parent.mkdir(parents=True)
+    rwlock.write_text('{"read": {}, "write": {}}')
+    assert repair_rwlock(rwlock) is None and rwlock.exists()
+    rwlock.write_text(cut)
+    message = repair_rwlock(rwlock)
+    assert message is not None and "moved to" in message and "rwlock.broken" in message
+    assert not rwlock.exists() and (rwlock.parent / "rwlock.broken").read_text() == cut
+
+
+def test_a_rwlock_under_dvcs_guard_is_left_to_its_writer(tmp_path: Path) -> None:
+    import zc.lockfile
+
+    rwlock = tmp_path / "rwlock"
+    rwlock.write_text("")  # being written this instant by a DVC process holding the guard
+    guard = zc.lockfile.LockFile(str(tmp_path / "rwlock.lock"))
+    try:
+        assert repair_rwlock(rwlock) is None and rwlock.exists()
+    finally:
+        guard.close()

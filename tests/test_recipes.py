@@ -121,3 +121,22 @@ def test_quickstudy_outputs_pair_by_the_seed_in_their_names_or_their_params(tmp_
     (base / "cnn-0.yaml").unlink()
     with pytest.raises(SystemExit, match="cnn-0.yaml: not found"):
         recipes.read_study(base)
+
+
+def test_single_seed_rows_do_not_count_in_the_holm_family(tmp_path):
+    """A variant run on one seed has no test: the tested row's p is its own, unadjusted."""
+    base = study(tmp_path / "base", {
+        "cnn-s20_14_6-0": (0.70, 0.40, 0.45, 0.40),
+        "cnn-s20_14_6-1": (0.72, 0.42, 0.47, 0.44),
+        "cnn-s20_14_6-2": (0.68, 0.41, 0.46, 0.42),
+    })  # fmt: skip
+    three = study(tmp_path / "three", {
+        "cnn-s20_14_6-0": (0.80, 0.41, 0.44, 0.38),
+        "cnn-s20_14_6-1": (0.84, 0.43, 0.46, 0.40),
+        "cnn-s20_14_6-2": (0.81, 0.42, 0.45, 0.41),
+    })  # fmt: skip
+    one = study(tmp_path / "one", {"cnn-s20_14_6-0": (0.60, 0.40, 0.40, 0.40)})
+    out = tmp_path / "r.md"
+    assert recipes.main([f"b={base}", f"three={three}", f"one={one}", "--out", str(out)]) == 0
+    line = next(x for x in out.read_text().splitlines() if x.startswith("| three"))
+    assert f"p {stats.ttest_rel([0.80, 0.84, 0.81], [0.70, 0.72, 0.68]).pvalue:.3f}" in line

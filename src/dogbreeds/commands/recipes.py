@@ -13,9 +13,10 @@ the numbers that say which change of recipe moves which accuracy.
         fp32=runs/fp32/metrics --out results/recipes-64px/recipes.md
 
 The p values are Holm-adjusted over the whole table, one family per measure (every variant x
-net x schedule row); "identical" marks a difference that is the same on every seed, "untested" one
-with fewer than 3 distinct values over the seeds (neither is ever called significant: the
-degenerate rule of docs/statistics.md). A variant with one shared seed gets its numbers and no
+net x schedule row that is tested: two seeds or more, not degenerate); "identical" marks a
+difference that is the same on every seed, "untested" one with fewer than 3 distinct values
+over the seeds (neither is ever called significant: the degenerate rule of
+docs/statistics.md). A variant with one shared seed gets its numbers and no
 interval. The paper's value of the same cell is printed beside the variant's, where the paper
 has one.
 """
@@ -144,10 +145,21 @@ def paper_value(arch: str, schedule: str, measure: str) -> float | None:
     return table[measure][PAPER_SCHEDULES.index(column)]
 
 
+def holm_over_tested(tests: list) -> list[float | None]:
+    """Holm-adjusted p values over the rows that are tested (two seeds or more, not degenerate);
+    None for the others, which have no test to count in the family."""
+    tested = [i for i, t in enumerate(tests) if t.interval.n >= 2 and not t.degenerate]
+    adjusted = holm([tests[i].p_value for i in tested])
+    out: list[float | None] = [None] * len(tests)
+    for i, p in zip(tested, adjusted, strict=True):
+        out[i] = p
+    return out
+
+
 def table(rows_: list[Row], baseline: str) -> str:
     """The Markdown table: per measure, the variant's mean, its paired difference and Holm p."""
     tests = {m: [paired_test(r.values[m], r.baseline[m]) for r in rows_] for m in MEASURES}
-    adjusted = {m: holm([t.p_value for t in tests[m]]) for m in MEASURES}
+    adjusted = {m: holm_over_tested(tests[m]) for m in MEASURES}
     head = "| variant | net | schedule | seeds |"
     rule = "|---|---|---|---|"
     for m in MEASURES:

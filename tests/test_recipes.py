@@ -25,6 +25,14 @@ def study(root: Path, runs: dict[str, tuple[float, float, float, float]]) -> Pat
     return root
 
 
+# A variant's three seeds: (train_acc, val_acc, clean_test_acc, test_acc) per run
+NOAUG = {
+    "cnn-s20_14_6-0": (0.80, 0.41, 0.44, 0.38),
+    "cnn-s20_14_6-1": (0.84, 0.43, 0.46, 0.40),
+    "cnn-s20_14_6-2": (0.81, 0.42, 0.45, 0.41),
+}
+
+
 def test_a_variant_is_paired_by_seed_and_its_interval_is_the_paired_t(tmp_path, capsys):
     base = study(tmp_path / "base", {
         "cnn-s20_14_6-0": (0.70, 0.40, 0.45, 0.40),
@@ -32,11 +40,7 @@ def test_a_variant_is_paired_by_seed_and_its_interval_is_the_paired_t(tmp_path, 
         "cnn-s20_14_6-2": (0.68, 0.41, 0.46, 0.42),
         "cnn-s20_14_6-3": (0.99, 0.99, 0.99, 0.99),  # no partner seed: left out
     })  # fmt: skip
-    variant = study(tmp_path / "noaug", {
-        "cnn-s20_14_6-0": (0.80, 0.41, 0.44, 0.38),
-        "cnn-s20_14_6-1": (0.84, 0.43, 0.46, 0.40),
-        "cnn-s20_14_6-2": (0.81, 0.42, 0.45, 0.41),
-    })  # fmt: skip
+    variant = study(tmp_path / "noaug", NOAUG)
     out = tmp_path / "out" / "recipes.md"
     assert recipes.main([f"default={base}", f"noaug={variant}", "--out", str(out)]) == 0
     [row] = json.loads(out.with_suffix(".json").read_text())
@@ -130,11 +134,7 @@ def test_single_seed_rows_do_not_count_in_the_holm_family(tmp_path):
         "cnn-s20_14_6-1": (0.72, 0.42, 0.47, 0.44),
         "cnn-s20_14_6-2": (0.68, 0.41, 0.46, 0.42),
     })  # fmt: skip
-    three = study(tmp_path / "three", {
-        "cnn-s20_14_6-0": (0.80, 0.41, 0.44, 0.38),
-        "cnn-s20_14_6-1": (0.84, 0.43, 0.46, 0.40),
-        "cnn-s20_14_6-2": (0.81, 0.42, 0.45, 0.41),
-    })  # fmt: skip
+    three = study(tmp_path / "three", NOAUG)
     one = study(tmp_path / "one", {"cnn-s20_14_6-0": (0.60, 0.40, 0.40, 0.40)})
     out = tmp_path / "r.md"
     assert recipes.main([f"b={base}", f"three={three}", f"one={one}", "--out", str(out)]) == 0

@@ -146,21 +146,22 @@ def test_study_reruns_only_what_changed_and_tracks_every_run(project: Path):
     assert len(tracked_runs(project)) == 12
     commit(project, "hotter s50_7_3")
 
-    # 3b. Two more seeds train and evaluate only those seeds' nets: 27 finished trainings, one
-    # per (net, schedule, seed), and the report gets CIs, McNemar tests and both answers.
-    set_params(project, **{"train.seeds": [0, 1, 2]})
-    new_seeds = stages_of(1) | stages_of(2)
+    # 3b. A second seed trains and evaluates only that seed's nets: 18 finished trainings, one
+    # per (net, schedule, seed), and the report gets CIs, McNemar tests and both answers (two
+    # seeds are the fewest that give an interval; each seed more is 18 stages more to wait for).
+    set_params(project, **{"train.seeds": [0, 1]})
+    new_seeds = stages_of(1)
     assert stale_trainings(project) == {s for s in new_seeds if s.startswith("train@")}
     more_seeds = run(["dvc", "repro"], project, env=ONE_THREAD)
     assert ran(more_seeds) == new_seeds | {"offsets", "report"}
     finished = {r.info.run_name for r in tracked_runs(project) if r.info.status == "FINISHED"}
-    assert finished == runs_of(0) | runs_of(1) | runs_of(2)  # 27 names
+    assert finished == runs_of(0) | runs_of(1)  # 18 names
     report = (project / "metrics/report.md").read_text()
     assert "## Pairs of nets: McNemar's exact test per seed" in report
     assert "**Does the deformable net generalise better?**" in report
     assert "**Does it resist deformation better?**" in report
     assert "one seed per cell" not in report
-    commit(project, "three seeds")
+    commit(project, "two seeds")
 
     # 4. An experiment in a temporary copy (DVC sets DVC_ROOT) logs into this repo's store.
     experiment = run(

@@ -8,6 +8,8 @@ a full `dvc repro` of the tiny project is tests/test_study.py's, and minutes lon
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from conftest import race
 from datagen import tiny_params
@@ -28,6 +30,29 @@ PARAMS = tiny_params(
         "robustness.strengths": [0, 1],
     }
 )
+SAMPLE_WAIT_S = 120  # a bound for a loaded machine; a quiet one samples in under a second
+
+
+def sampled_before_stopping(stop):
+    """`stop_system_metrics`, once MLflow's monitor has written its first sample into the run.
+
+    The monitor writes a sample one interval after it starts (its first write goes to the store at
+    once); a 16 px training can end before that on a loaded machine, and the run then has no
+    system/ metrics at all, with nothing wrong in our wiring. Waiting here keeps the check about
+    where the samples land, not about how fast the machine is."""
+
+    def stop_after_a_sample(run, status):
+        deadline = time.monotonic() + SAMPLE_WAIT_S
+        while time.monotonic() < deadline:
+            metrics = run.client.get_run(run.run_id).data.metrics
+            if any(key.startswith("system/") for key in metrics):
+                break
+            time.sleep(0.1)
+        stop(run, status)
+
+    return stop_after_a_sample
+
+
 HEADLINE = {"cnn": {"tiny": {"test_acc": 0.25, "clean_test_acc": 0.5, "val_acc": 0.375}}}
 
 
@@ -61,6 +86,9 @@ def tiny_study(tmp_path_factory):
             env.delenv(name, raising=False)
         env.setenv("DVC_EXP_NAME", EXPERIMENT)
         env.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+        env.setattr(
+            tracking, "stop_system_metrics", sampled_before_stopping(tracking.stop_system_metrics)
+        )
         prepared = make_prepared.__wrapped__(root)
         robustness = PARAMS.robustness
         make_robustness_sets(PARAMS.deform, robustness.kinds, robustness.strengths, prepared)

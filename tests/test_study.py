@@ -2,7 +2,7 @@
 reruns and an experiment in a temporary copy, all logging into the repository's mlflow.db.
 
 One test walks through the steps in order, because each builds on the previous state and a
-full `dvc repro` is the expensive part (about a minute on 2 cores).
+full `dvc repro` is the expensive part (the slowest tests are listed at the end of each run).
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ def test_one_epoch_per_net_under_cuda_autocast(arch, amp):
     model = devices.prepare_model(build_model(arch, width_mult=0.25), CUDA)
     history = loop.train_model(
         model, train.to(CUDA), val.to(CUDA), normalize, Schedule("s", [1], [0.01]),
-        tiny_params().train, 0.1, dtype=devices.AMP_DTYPES[amp],
+        tiny_params().train, 0.1, seed=0, dtype=devices.AMP_DTYPES[amp],
     )  # fmt: skip
     assert len(history) == 1 and torch.isfinite(torch.tensor(history[0].val_loss))
 
@@ -68,7 +68,7 @@ def test_cnn_repeats_exactly_on_cuda():
         model = devices.prepare_model(build_model("cnn", width_mult=0.25), CUDA)
         loop.train_model(
             model, train.to(CUDA), val.to(CUDA), normalize, Schedule("s", [2], [0.01]),
-            tiny_params().train, 0.1,
+            tiny_params().train, 0.1, seed=0,
         )  # fmt: skip
         weights.append({k: v.clone() for k, v in model.state_dict().items()})
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -121,7 +121,7 @@ def test_each_stage_is_one_cycle_at_its_max_lr(prepared):
     schedule = Schedule("s", epochs=[2, 1, 1], max_lr=[0.01, 0.001, 0.0001])
     torch.manual_seed(0)
     model = build_model("cnn", width_mult=0.25)
-    history = loop.train_model(model, train, val, normalize, schedule, params.train, 0.1)
+    history = loop.train_model(model, train, val, normalize, schedule, params.train, 0.1, seed=0)
 
     assert [r.epoch for r in history] == [1, 2, 3, 4]
     assert [r.stage for r in history] == [1, 1, 2, 3]
@@ -155,6 +155,7 @@ def test_weights_carry_over_between_stages(prepared, monkeypatch):
         Schedule("s", [1, 1], [0.01, 0.001]),
         tiny_params().train,
         offset_lr_mult=0.1,
+        seed=0,
         hooks=Snapshots(model, after_epoch),
     )
 
@@ -194,7 +195,7 @@ def test_gradients_are_clipped_by_value_before_each_step(prepared, monkeypatch):
     torch.manual_seed(0)
     model = build_model("cnn", width_mult=0.25)
     tp = tiny_params(**{"train.grad_clip": clip}).train
-    loop.train_model(model, train, val, normalize, Schedule("s", [1], [0.01]), tp, 0.1)
+    loop.train_model(model, train, val, normalize, Schedule("s", [1], [0.01]), tp, 0.1, seed=0)
 
     assert max(raw) > 10 * clip
     assert applied and max(applied) == pytest.approx(clip)
@@ -407,7 +408,7 @@ def test_one_epoch_per_net_at_32px_under_cpu_bf16_autocast(arch):
     model = devices.prepare_model(build_model(arch, width_mult=0.25), CPU)
     history = loop.train_model(
         model, split, split, normalize, Schedule("s", [1], [0.01]), tiny_params().train, 0.1,
-        dtype=torch.bfloat16,
+        seed=0, dtype=torch.bfloat16,
     )  # fmt: skip
     assert len(history) == 1
     assert torch.isfinite(torch.tensor([history[0].train_loss, history[0].val_loss])).all()

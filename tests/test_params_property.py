@@ -212,7 +212,7 @@ def build_stage_objects(params: Params) -> None:
     side = params.model.resolution
     top = max(params.robustness.strengths)
     deformations(params.deform, side, top, params.robustness.kinds)
-    generator = torch.Generator().manual_seed(params.train.seed)
+    generator = torch.Generator().manual_seed(params.train.seeds[0])
     augment_thetas(8, generator, params.train.augment)
     epoch_plan(9, params.train.batch_size, generator, params.train.augment, torch.device("cpu"))
     batch = min(params.train.batch_size, 2)  # BatchNorm fails at one image, not at two

@@ -120,7 +120,7 @@ def test_four_queued_experiments_two_at_a_time_all_reach_mlflow(project: Path) -
     assert by_exp[again].data.tags["resumed_from_run"] == killed[0].info.run_id
     for name, r in by_exp.items():
         assert r.info.status == "FINISHED", name
-        assert r.data.params["train.seed"] == name.split("-")[1]
+        assert r.data.params["run.seed"] == name.split("-")[1]
         assert {"val_acc", "test_acc", "clean_test_acc"} <= set(r.data.metrics), name
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
         assert sorted(steps) == [1, 2, 3], name

@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import math
 import typing
-from dataclasses import dataclass, fields, is_dataclass, replace
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -182,9 +182,6 @@ class TrainParams:
     weight_decay: float
     grad_clip: float
     seeds: list[int]  # the study's seeds: one trained net per (arch, schedule, seed)
-    # The seed of the net being trained, one of `seeds` (the engine seeds augmentation with it):
-    # seeds[0] as read from params.yaml, set per run by `for_seed`.
-    seed: int
     device: str
     amp: str  # auto | off | bf16 | fp16 (see training.devices.resolve_amp)
     augment: AugmentParams
@@ -675,7 +672,6 @@ def _train_params(tree: dict, resolution: int) -> TrainParams:
     schedules = _get(tree, "train.schedules")
     if not isinstance(schedules, dict) or not schedules:
         raise ParamsError("params: 'train.schedules' must map at least one schedule name")
-    seeds = _seeds(tree, "train.seeds")
     train = TrainParams(
         archs=_choices(tree, "train.archs", ARCHS),
         schedules={name: _schedule(tree, name) for name in schedules},
@@ -689,8 +685,7 @@ def _train_params(tree: dict, resolution: int) -> TrainParams:
         normalize=_bool(tree, "train.normalize"),
         weight_decay=_num(tree, "train.weight_decay", float, 0),
         grad_clip=_num(tree, "train.grad_clip", float, 0, lo_open=True),
-        seeds=seeds,
-        seed=seeds[0],
+        seeds=_seeds(tree, "train.seeds"),
         device=_choice(tree, "train.device", DEVICES),
         amp=_choice(tree, "train.amp", AMPS),
         augment=AugmentParams(
@@ -751,11 +746,6 @@ def run_name(arch: str, schedule: str, seed: int) -> str:
     is spelt the same way, seed last.
     """
     return f"{arch}-{schedule}-{seed}"
-
-
-def for_seed(train: TrainParams, seed: int) -> TrainParams:
-    """The train params of the run with this seed (one of train.seeds)."""
-    return replace(train, seed=seed)
 
 
 def select_run(params: Params, arch: str, schedule: str, seed: int) -> Schedule:

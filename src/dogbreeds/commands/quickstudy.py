@@ -26,7 +26,7 @@ from PIL import Image
 
 from dogbreeds.data.prepared import Split, load_split
 from dogbreeds.data.preprocess import Normalize, input_stats
-from dogbreeds.params import Params, Schedule, for_seed, load_params, run_name
+from dogbreeds.params import Params, Schedule, load_params, run_name
 from dogbreeds.training.batches import steps_per_epoch
 from dogbreeds.training.loop import batch_mean_accuracy, predict, score, train_model
 from dogbreeds.training.setup import RunSetup, set_up_run
@@ -108,19 +108,18 @@ def train_and_score(
 ) -> dict:
     """One run as the train stage would make it (the same engine, set-up and seeds), timed,
     then scored on val and both test sets, with each split's predicted breeds."""
-    train_params = for_seed(params.train, seed)  # data order and augmentation: this seed's
     model = setup.new_model(len(splits["train"].breeds), params.model.width_mult, seed)
     name = run_name(setup.arch, schedule.name, seed)
     started = time.perf_counter()
     history = train_model(
-        model, splits["train"], splits["val"], normalize, schedule, train_params,
-        params.model.deformable.offset_lr_mult, desc=name, dtype=setup.dtype,
+        model, splits["train"], splits["val"], normalize, schedule, params.train,
+        params.model.deformable.offset_lr_mult, seed, desc=name, dtype=setup.dtype,
     )  # fmt: skip
     if setup.device.type == "cuda":
         torch.cuda.synchronize(setup.device)
     wall = time.perf_counter() - started
-    steps = steps_per_epoch(len(splits["train"].labels), train_params.batch_size)
-    images = steps * sum(schedule.epochs) * train_params.batch_size
+    steps = steps_per_epoch(len(splits["train"].labels), params.train.batch_size)
+    images = steps * sum(schedule.epochs) * params.train.batch_size
     result = {
         "run": name,
         "train_acc": history[-1].train_acc,
@@ -130,7 +129,7 @@ def train_and_score(
         **setup.runtime(),
         "predicted": {},
     }
-    eval_batch = train_params.eval_batch_size
+    eval_batch = params.train.eval_batch_size
     for split_name, key in (("val", "val_acc"), ("test", "test_acc"),
                             ("test_clean", "clean_test_acc")):  # fmt: skip
         split = splits[split_name]

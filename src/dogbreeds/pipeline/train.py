@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from dogbreeds.common.progress import human_duration
 from dogbreeds.data.prepared import load_prepared
 from dogbreeds.data.preprocess import Normalize, input_stats
 from dogbreeds.nets.models import MODELS, net_size
-from dogbreeds.params import Params, Schedule, for_seed, run_name, select_run
+from dogbreeds.params import Params, Schedule, run_name, select_run
 from dogbreeds.tracking import lineage, study
 from dogbreeds.tracking import runs as tracking
 from dogbreeds.tracking.store import store_root
@@ -42,10 +42,10 @@ from dogbreeds.training.state import TrainState
 log = logging.getLogger(__name__)
 
 
-def run_params(params: Params, arch: str, schedule: Schedule) -> dict:
-    """Every param of the study for MLflow, plus this run's own under `run.` for comparing runs
-    of different schedules column by column."""
-    run = {"arch": arch, "schedule": schedule.name, "seed": params.train.seed}
+def run_params(params: Params, arch: str, schedule: Schedule, seed: int) -> dict:
+    """Every param of the study for MLflow, plus this run's own under `run.` (its seed among
+    them) for comparing runs of different schedules column by column."""
+    run = {"arch": arch, "schedule": schedule.name, "seed": seed}
     return {**asdict(params), "run": {**run, "epochs": schedule.epochs, "max_lr": schedule.max_lr}}
 
 
@@ -66,7 +66,6 @@ def run_training(
     JSON's content.
     """
     schedule = select_run(params, arch, schedule_name, seed)
-    params = replace(params, train=for_seed(params.train, seed))  # train.seed: this run's
     name = run_name(arch, schedule_name, seed)
     setup = set_up_run(params, arch)
     train, val = load_prepared(prepared, params.model.resolution)
@@ -77,14 +76,14 @@ def run_training(
     info = setup.runtime()
     log.info("%s: %d train, %d val images; %s", name, len(train.ids), len(val.ids), info)
 
-    key = resume.state_key(
-        run_params(params, arch, schedule), info, [prepared / "train.pt", prepared / "val.pt"]
-    )
+    logged_params = run_params(params, arch, schedule, seed)
+    key = resume.state_key(logged_params, info, [prepared / "train.pt", prepared / "val.pt"])
     with TrainingRecord(name, key, state_dir) as record:  # resume state and MLflow run
-        record.start(run_params(params, arch, schedule), info, seed, sum(schedule.epochs))
+        record.start(logged_params, info, seed, sum(schedule.epochs))
         history = train_model(
             model, train, val, normalize, schedule, params.train,
-            params.model.deformable.offset_lr_mult, desc=name, dtype=setup.dtype, hooks=record,
+            params.model.deformable.offset_lr_mult, seed, desc=name, dtype=setup.dtype,
+            hooks=record,
         )  # fmt: skip
         wall_time = record.elapsed()
         meta = {

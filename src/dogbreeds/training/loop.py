@@ -174,6 +174,7 @@ def train_model(
     schedule: Schedule,
     tp: TrainParams,
     offset_lr_mult: float,
+    seed: int,
     desc: str = "train",
     dtype: torch.dtype | None = None,
     hooks: TrainingHooks | None = None,
@@ -181,13 +182,14 @@ def train_model(
     """Train `model` in place through every stage of `schedule`; returns the per-epoch history.
 
     `train` and `val` must already be on the model's device. Data order and augmentation draw
-    from one generator seeded with train.seed (the caller seeds the initial weights).
+    from one generator seeded with `seed`, the run's (one of train.seeds; the caller seeds the
+    initial weights with it too).
     `hooks.state` continues a run that stopped after that many epochs, ending with exactly the
     numbers of an uninterrupted run; the hooks hear of every epoch.
     """
     hooks = hooks or TrainingHooks()
     state, device = hooks.state, train.images.device
-    generator = torch.Generator().manual_seed(tp.seed)
+    generator = torch.Generator().manual_seed(seed)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     steps = steps_per_epoch(len(train.labels), tp.batch_size)
     done = state.epochs_done if state else 0

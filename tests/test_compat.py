@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import voluptuous
 
 from dogbreeds import DogbreedsError, compat
+from dogbreeds.params import read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -157,3 +158,33 @@ def test_exit_now_skips_teardown_unless_a_file_is_open_for_writing(tmp_path, cas
         assert "teardown ran" in proc.stdout
     else:
         assert "teardown ran" not in proc.stdout  # the fast exit: no module teardown
+
+
+LOCK = """schema: '2.0'
+stages:
+  merge:
+    cmd: python stages/merge.py
+    outs:
+    - path: data/merged
+      md5: 0a1b.dir
+"""
+
+
+@pytest.mark.parametrize("dvc_writer", [True, False], ids=["dvc", "ruamel"])
+def test_a_lock_entry_is_written_as_dvc_writes_it(tmp_path, monkeypatch, dvc_writer):
+    """Both writers keep what was there, add the entry after it, and lay it out the same way."""
+    if not dvc_writer:
+        monkeypatch.setitem(sys.modules, "dvc.utils.serialize", None)
+    entry = {"cmd": "python stages/report.py", "deps": [{"path": "metrics", "md5": "c3.dir"}]}
+    lock, fresh = tmp_path / "dvc.lock", tmp_path / "new" / "dvc.lock"
+    lock.write_text(LOCK)
+    fresh.parent.mkdir()
+    with compat.lockfile_edited(lock) as data:
+        data["stages"]["report"] = entry
+    with compat.lockfile_edited(fresh) as data:  # no lock yet
+        data.setdefault("schema", "2.0")
+        data.setdefault("stages", {})["report"] = entry
+    report = "  report:\n    cmd: python stages/report.py\n    deps:\n    - path: metrics\n"
+    assert lock.read_text() == LOCK + report + "      md5: c3.dir\n"
+    assert fresh.read_text() == "schema: '2.0'\nstages:\n" + report + "      md5: c3.dir\n"
+    assert compat.lockfile_schema()(read_yaml(lock))["stages"]["report"]

@@ -486,8 +486,15 @@ def test_the_ui_shows_the_study_run_and_its_training_runs(team: Team, tmp_path):
         assert "prepared@" in text  # the Dataset column
         driver.save_screenshot(str(tmp_path / "mlflow-runs.png"))
 
-        # The chart view's val_acc chart is not checked here since the trainings became the
-        # study run's children: in two headless tries it did not draw one (issue 33's note).
+        # The charts link the logs give: every training's val_acc curve on one chart, though
+        # the trainings are the study run's children (the link sorts by val_acc, which lists
+        # runs flat; sorted by start time, the UI's default, it charts only rows on show).
+        driver.get(tracking_charts_url(team.server.url, experiment_id))
+        lines = "return document.querySelectorAll('.js-plotly-plot .scatterlayer .trace').length"
+        wait.until(lambda _: "val_acc" in body().splitlines())  # a chart's title
+        wait.until(lambda _: driver.execute_script(lines) >= TRAININGS)
+        assert all(name in body() for name in RUN_NAMES)
+        driver.save_screenshot(str(tmp_path / "mlflow-charts.png"))
         print(f"screenshots: {tmp_path}")
     finally:
         driver.quit()
@@ -497,6 +504,12 @@ def tracking_ui_url(server: str, experiment_id: str) -> str:
     from dogbreeds.tracking import store
 
     return store.ui_url(server, experiment_id)
+
+
+def tracking_charts_url(server: str, experiment_id: str) -> str:
+    from dogbreeds.tracking import store
+
+    return store.charts_url(server, experiment_id)
 
 
 # ----------------------------------------------------------------------------- DVC remotes

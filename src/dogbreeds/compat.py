@@ -17,6 +17,9 @@ What each private path buys, and the command that measures it:
 - `repro_planner`, `lockfile_schema`: DVC's own stage graph and lock schema, which `dvc` has no
   public Python API for; without them the cluster command stops with a clear line and the lock
   check falls back to YAML and shape.
+- `lockfile_edited`: DVC's own round-trip writer of dvc.lock, so a lock the cluster command
+  fills in is laid out as `dvc repro` lays it out; the fallback round-trips it with ruamel.yaml
+  (what DVC's writer uses), keys in the same order.
 """
 
 from __future__ import annotations
@@ -211,6 +214,32 @@ def lockfile_shape(data: Any) -> Any:
     if not isinstance(data, dict) or not isinstance(data.get("stages", {}), dict):
         raise ValueError("expected a mapping with a 'stages' mapping")
     return data
+
+
+@contextlib.contextmanager
+def lockfile_edited(path: Path) -> Iterator[dict]:
+    """dvc.lock's contents (an empty mapping if there is none yet), written back when the block
+    ends without raising, laid out as DVC lays it out."""
+    try:
+        from dvc.utils.serialize import modify_yaml
+    except ImportError:
+        modify_yaml = ruamel_edited
+    with modify_yaml(str(path)) as data:
+        yield data
+
+
+@contextlib.contextmanager
+def ruamel_edited(path: str) -> Iterator[dict]:
+    """The public fallback of `lockfile_edited`: ruamel.yaml's round trip, as DVC's writer."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    yaml.default_flow_style = False
+    file = Path(path)
+    data = (yaml.load(file.read_text(encoding="utf-8")) if file.exists() else None) or {}
+    yield data
+    with file.open("w", encoding="utf-8") as out:
+        yaml.dump(data, out)
 
 
 # ----------------------------------------------------------------------------- CPython

@@ -33,6 +33,7 @@ import yaml
 
 from dogbreeds import DogbreedsError
 from dogbreeds.cluster.plan import Step
+from dogbreeds.compat import lockfile_edited
 
 TOPIC = "dogbreeds-cluster"  # the Dask event topic each stage's output lines go to
 CLONE = "dogbreeds-clone"
@@ -72,10 +73,8 @@ class StageResult:
 
 def hand_over(root: Path, results: Iterable[StageResult]) -> None:
     """Write `results`' lock entries and uncached outputs into the repository at `root`."""
-    from dvc.utils.serialize import modify_yaml
-
     for result in results:
-        with modify_yaml(str(root / result.lockfile)) as data:
+        with lockfile_edited(root / result.lockfile) as data:
             data.setdefault("schema", "2.0")
             data.setdefault("stages", {})[result.name] = result.lock
         for out in result.uncached:

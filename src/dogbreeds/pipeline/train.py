@@ -3,7 +3,7 @@ to MLflow.
 
 `run_training` is what `stages/train.py` calls. It reads the prepared splits, builds the net,
 hands both to the training loop (`dogbreeds.training.loop`), then writes the checkpoint
-(`models/<run>.pt`, run = <arch>-<schedule>-seed<n>), the metrics JSON and the per-epoch TSV
+(`models/<run>.pt`, run = <arch>-<schedule>-<seed>), the metrics JSON and the per-epoch TSV
 (`metrics/train/<run>.*`) and logs params, per-epoch metrics and the history into one MLflow
 run.
 

@@ -24,6 +24,7 @@ from dogbreeds.common import dotted
 from dogbreeds.common.proc import git_output
 from dogbreeds.common.redact import redact
 from dogbreeds.tracking.store import (
+    charts_url,
     global_tracking_uri,
     open_experiment,
     store_lock,
@@ -145,6 +146,7 @@ def start_run(run_name: str, tags: Mapping[str, str], root: Path | None = None) 
     log.info("MLflow run %s (%s) in %s", run_name, run.info.run_id, redact(client.tracking_uri))
     if client.tracking_uri.startswith(("http://", "https://")):
         log.info("MLflow UI: %s", ui_url(client.tracking_uri, experiment_id))
+        log.info("MLflow charts: %s", charts_url(client.tracking_uri, experiment_id))
     return Run(client, run.info.run_id)
 
 

@@ -208,6 +208,18 @@ def ui_url(server: str, experiment_id: str) -> str:
     return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
+def charts_url(server: str, experiment_id: str) -> str:
+    """The experiment's chart view with every training's `val_acc` curve on one chart.
+
+    MLflow 3.17's UI nests child runs under their parent while the runs are sorted by start time
+    (its default), and its charts plot only the rows on show: with the trainings the study run's
+    children, the default chart view draws the study run's bars and no curve until the study run
+    is expanded. Sorted by any other key the list is flat, so this link sorts by `val_acc`.
+    """
+    sort = "orderByKey=metrics.%60val_acc%60&orderByAsc=false"
+    return f"{ui_url(server, experiment_id)}&compareRunsMode=CHART&{sort}"
+
+
 @contextmanager
 def global_tracking_uri(uri: str) -> Iterator[None]:
     """Point MLflow's global tracking URI at `uri` for a block, then put everything back.

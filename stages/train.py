@@ -1,18 +1,12 @@
 """DVC stage train@<arch>-<schedule>-<seed>: train one net, one seed (dogbreeds.pipeline.train)."""
 
-import argparse
-
-from dogbreeds.common.cli import run_stage
+from dogbreeds.common.cli import run_arguments, run_stage
 from dogbreeds.params import load_params
 from dogbreeds.pipeline.train import run_training
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--arch", required=True, help="a net listed in params train.archs")
-    parser.add_argument("--schedule", required=True, help="a key of params train.schedules")
-    parser.add_argument("--seed", required=True, type=int, help="one of params train.seeds")
-    args = parser.parse_args()
+    args = run_arguments(__doc__)
     run_training(load_params(), args.arch, args.schedule, args.seed)
 
 

@@ -1,7 +1,9 @@
-"""Shared shell for stage scripts: logging set-up and one-line errors with a non-zero exit."""
+"""Shared shell for stage scripts: a run's arguments, logging set-up and one-line errors with a
+non-zero exit."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
@@ -34,3 +36,13 @@ def end_process(status: int) -> NoReturn:
     every stage that imports torch and MLflow: `python -m dogbreeds fixedcost`, "after last
     step"), unless a file is still open for writing: `compat.exit_now`."""
     exit_now(status)
+
+
+def run_arguments(description: str) -> argparse.Namespace:
+    """--arch, --schedule and --seed: the run a per-run stage (train@, evaluate@) works on, as
+    dvc.yaml's matrix passes it; params.yaml must list each (checked where params are read)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--arch", required=True, help="a net listed in params train.archs")
+    parser.add_argument("--schedule", required=True, help="a key of params train.schedules")
+    parser.add_argument("--seed", required=True, type=int, help="one of params train.seeds")
+    return parser.parse_args()

@@ -190,8 +190,9 @@ def test_a_queued_2x2_grid_is_compared_in_figures_and_table(project: Path):
     queued = run(["dvc", "queue", "status"], project).stdout
     assert {line.split()[1] for line in queued.splitlines() if "Queued" in line} == names
 
-    # 2. DVC runs the queue; every experiment succeeds.
-    with queue_workers(project, jobs=1, env=ONE_THREAD):
+    # 2. DVC runs the queue, two at a time (one thread each, one per core); every experiment
+    # succeeds.
+    with queue_workers(project, jobs=2, env=ONE_THREAD):
         status = wait_for_experiments(project, names)
     assert set(status.values()) == {"Success"}, status
     params = parse_yaml(committed(project, "g-a0.5-r24", "params.yaml"))

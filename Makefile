@@ -11,7 +11,9 @@ export MLFLOW_DISABLE_TELEMETRY := true
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.lock
+	# --no-compile: Python compiles a module when it is first imported, so the thousands of
+	# files the study never imports (most of torch's) are not byte-compiled up front.
+	$(BIN)/python -m pip install --quiet --no-compile -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 

@@ -18,8 +18,12 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 study: $(VENV)/.installed  ## run the whole study: dvc repro (repairing a dvc.lock a kill cut short)
 	PATH="$(CURDIR)/$(BIN):$$PATH" python -m dogbreeds repro
 
+# The suite on every core (pytest-xdist): a test module stays on one worker (--dist loadfile),
+# so a module's shared study or servers are built once, and modules go out in the order
+# tests/conftest.py collects them (end-to-end ones first). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= auto
 test: $(VENV)/.installed  ## run the test suite (fails when no test ran)
-	$(BIN)/python -m pytest; rc=$$?; \
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$rc
 
 lint: $(VENV)/.installed

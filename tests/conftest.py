@@ -24,6 +24,21 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin, so `dvc` and `python` are the tested ones
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with an end-to-end test (marked slow or team) first, in file order, the rest after.
+
+    `make test` hands whole modules to its workers in collection order (pytest-xdist's
+    `--dist loadfile --no-loadscope-reorder`): the long modules start at once and the short ones
+    fill in at the end, instead of one long module running alone last.
+    """
+    long = {
+        item.path
+        for item in items
+        if any(item.iter_markers("slow")) or any(item.iter_markers("team"))
+    }
+    items.sort(key=lambda item: item.path not in long)  # stable: file order within each group
+
+
 def command_env(env: dict | None = None) -> dict:
     """The environment of a test's commands: the venv first on PATH, no telemetry, a git user."""
     full_env = {

@@ -1,12 +1,14 @@
 """What the Makefile and the lock promise a newcomer, checked without building anything: the lock
 installs anywhere (hashes, platform markers, the pins `make lock` keeps), `make exps` drops only
-the file-hash columns of `dvc exp show`, and `make bench` takes BENCH_ARGS."""
+the file-hash columns of `dvc exp show`, `make bench` takes BENCH_ARGS, and `make test` hands
+whole modules to its workers, the end-to-end ones first."""
 
 from __future__ import annotations
 
 import os
 import re
 import subprocess
+import sys
 import tomllib
 
 import yaml
@@ -132,3 +134,18 @@ def test_the_scheduler_serves_dasks_dashboard_with_bokeh_from_the_lock(tmp_path)
     finally:
         scheduler.terminate()
         scheduler.wait(timeout=30)
+
+
+def test_make_test_hands_whole_modules_to_its_workers_end_to_end_ones_first():
+    dry = make_dry_run("test", "TEST_WORKERS=3")
+    assert "-m pytest -n 3 --dist loadfile --no-loadscope-reorder;" in dry  # the collected order
+    files = ["tests/test_answers.py", "tests/test_chaos.py", "tests/test_split.py",
+             "tests/test_team.py"]  # fmt: skip
+    collect = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *files],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    order = [line.split("::")[0] for line in collect.stdout.splitlines() if "::" in line]
+    modules = list(dict.fromkeys(order))
+    # chaos (slow) and team (team) before the unit-test modules, file order kept within each
+    assert modules == [files[1], files[3], files[0], files[2]]

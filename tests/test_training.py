@@ -1,4 +1,6 @@
-"""The training engine: one-cycle stages, clipping, augmentation, batches, the epoch loop."""
+"""The training package (`dogbreeds.training`: loop, optim, batches, devices) and the
+augmentation it draws from `data.preprocess`: one-cycle stages, clipping, augmentation, batches,
+the epoch loop."""
 
 from __future__ import annotations
 

@@ -139,6 +139,8 @@ def test_the_scheduler_serves_dasks_dashboard_with_bokeh_from_the_lock(tmp_path)
 def test_make_test_hands_whole_modules_to_its_workers_end_to_end_ones_first():
     dry = make_dry_run("test", "TEST_WORKERS=3")
     assert "-m pytest -n 3 --dist loadfile --no-loadscope-reorder;" in dry  # the collected order
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert f"-m pytest -n {cpus} --dist" in make_dry_run("test")  # a worker per usable CPU
     files = ["tests/test_answers.py", "tests/test_chaos.py", "tests/test_split.py",
              "tests/test_team.py"]  # fmt: skip
     collect = subprocess.run(

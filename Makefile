@@ -21,8 +21,8 @@ study: $(VENV)/.installed  ## run the whole study: dvc repro (repairing a dvc.lo
 # The suite on every core (pytest-xdist): a test module stays on one worker (--dist loadfile),
 # so a module's shared study or servers are built once, and modules go out in the order
 # tests/conftest.py collects them (end-to-end ones first). One worker per CPU this process may
-# run on (pytest-xdist's `auto` counts physical cores: 1 on a VM whose 2 CPUs are one core's
-# threads; `nproc` follows OMP_NUM_THREADS). TEST_WORKERS=0: one process.
+# run on (pytest-xdist's `auto` counts physical cores, fewer where a core has two threads;
+# `nproc` follows OMP_NUM_THREADS). TEST_WORKERS=0: one process.
 CPUS := import os; print(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
 TEST_WORKERS ?= $(shell $(PYTHON) -c '$(CPUS)')
 test: $(VENV)/.installed  ## run the test suite (fails when no test ran)

@@ -274,8 +274,8 @@ def exit_now(status: int) -> NoReturn:
 # Every Python file object is one of io's C file types or a subclass of one (gzip's, zipfile's
 # and tempfile's writers hold one too). The scan asks issubclass(type(obj), ...) of each object:
 # a C call. isinstance against the abstract io.IOBase goes through ABCMeta and reads each
-# object's __class__, which made the scan cost about what the skipped teardown saves
-# (`python -m dogbreeds fixedcost`, a stage's "after last step").
+# object's __class__: several times slower, a visible part of a stage's exit (`python -m
+# dogbreeds fixedcost`, "after last step"; docs/performance.md has the figures).
 FILE_TYPES = (io.FileIO, io.BufferedWriter, io.BufferedRandom, io.BufferedRWPair, io.TextIOWrapper)
 
 

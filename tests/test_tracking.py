@@ -73,6 +73,27 @@ def test_a_run_logs_params_steps_tags_and_artifacts(tmp_path, monkeypatch):
     assert (tmp_path / "mlartifacts" / run.run_id / "artifacts" / "history.tsv").exists()
 
 
+def test_metrics_at_many_steps_go_in_one_write(tmp_path, monkeypatch):
+    writes = []
+    real_write = tracking.write
+    monkeypatch.setattr(tracking, "write", lambda *a: writes.append(a[2]) or real_write(*a))
+    with tracking.training_run("cnn-s1", {}, tmp_path) as run:
+        writes.clear()
+        curves = {"blur": {0.0: 0.9, 0.5: 0.6}, "elastic": {0.0: 0.9, 0.25: 0.7, 1.0: 0.2}}
+        run.log_steps(
+            (round(s * 100), {f"robust_acc_{kind}": acc})
+            for kind, curve in curves.items()
+            for s, acc in curve.items()
+        )
+        run.log_steps([])  # nothing to log: no write
+    assert writes == ["metrics", "end"]
+    for kind, curve in curves.items():
+        history = run.client.get_metric_history(run.run_id, f"robust_acc_{kind}")
+        assert [(m.step, m.value) for m in history] == [
+            (round(s * 100), acc) for s, acc in curve.items()
+        ]
+
+
 def test_a_failing_block_marks_the_run_failed(tmp_path):
     with pytest.raises(RuntimeError), tracking.training_run("x", {}, tmp_path) as run:
         raise RuntimeError("boom")

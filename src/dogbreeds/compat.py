@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import gc
 import importlib
 import importlib.metadata
 import inspect
 import io
+import itertools
 import os
 import sys
 import threading
@@ -46,11 +48,16 @@ TESTED = {"torch": "2.14", "mlflow": "3.17", "dvc": "3.67"}
 
 def tested(package: str) -> bool:
     """Whether the installed `package` is in the series the lock tests (TESTED)."""
+    version = installed_version(package)
+    return version is not None and version.split("+")[0].startswith(TESTED[package] + ".")
+
+
+@functools.cache  # asked before every private path a stage takes; it cannot change meanwhile
+def installed_version(package: str) -> str | None:
     try:
-        version = importlib.metadata.version(package)
+        return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
-        return False
-    return version.split("+")[0].startswith(TESTED[package] + ".")
+        return None
 
 
 # ----------------------------------------------------------------------------- torch
@@ -272,21 +279,35 @@ def exit_now(status: int) -> NoReturn:
 
 
 # Every Python file object is one of io's C file types or a subclass of one (gzip's, zipfile's
-# and tempfile's writers hold one too). The scan asks issubclass(type(obj), ...) of each object:
-# a C call. isinstance against the abstract io.IOBase goes through ABCMeta and reads each
-# object's __class__: several times slower, a visible part of a stage's exit (`python -m
-# dogbreeds fixedcost`, "after last step"; docs/performance.md has the figures).
+# and tempfile's writers hold one too). The scan runs over every object the garbage collector
+# tracks, several hundred thousand with torch and MLflow loaded, so the per-object test stays
+# in C: the file types and their subclasses, as they exist at exit (`type.__subclasses__`),
+# make a set, and `itertools.compress` keeps the objects whose type is in it. A Python-level
+# test per object (isinstance against the abstract io.IOBase worst of all) is a visible part of
+# a stage's exit (`python -m dogbreeds fixedcost`, "after last step"; docs/performance.md).
 FILE_TYPES = (io.FileIO, io.BufferedWriter, io.BufferedRandom, io.BufferedRWPair, io.TextIOWrapper)
+
+
+def file_types() -> set[type]:
+    """FILE_TYPES and every subclass of them defined so far."""
+    found: set[type] = set()
+    todo = list(FILE_TYPES)
+    while todo:
+        kind = todo.pop()
+        if kind not in found:
+            found.add(kind)
+            todo.extend(kind.__subclasses__())
+    return found
 
 
 def unclosed_writers() -> list[str]:
     """Python file objects still open for writing, other than stdin, stdout and stderr: their
     buffers (and a gzip file's trailer) are written only on close, which `os._exit` would skip.
     A scan of the garbage collector's objects."""
+    objects = gc.get_objects()
+    is_file = file_types().__contains__
     found = []
-    for obj in gc.get_objects():
-        if not issubclass(type(obj), FILE_TYPES):
-            continue
+    for obj in itertools.compress(objects, map(is_file, map(type, objects))):
         try:
             if obj.closed or not obj.writable() or obj.fileno() in (0, 1, 2):
                 continue

@@ -174,7 +174,9 @@ def log_evaluation(run: tracking.Run, results: dict, curves: dict, confusion_jso
     # ... linked to the net's logged model too, so MLflow ranks models by them
     # (`search_logged_models(order_by=...)`, `register --rank-by test_acc`)
     run.log_metrics(flat, model_id=run.logged_model_id())
-    for kind, curve in curves.items():  # one series per kind; step = strength x 100
-        for strength, acc in curve.items():
-            run.log_metrics({f"robust_acc_{kind}": acc}, step=round(float(strength) * 100))
+    run.log_steps(  # one series per kind; step = strength x 100
+        (round(float(strength) * 100), {f"robust_acc_{kind}": acc})
+        for kind, curve in curves.items()
+        for strength, acc in curve.items()
+    )
     run.log_artifact(confusion_json)

@@ -171,8 +171,8 @@ class TrainingRecord(TrainingHooks):
         )
         self.run.log_params(params)
         self.run.set_tags({f"runtime.{k}": v for k, v in info.items()})
-        for record in self.state.history if self.state else []:  # curves start at epoch 1
-            self.run.log_metrics(record.metrics(), step=record.epoch)
+        history = self.state.history if self.state else []  # curves start at epoch 1
+        self.run.log_steps((record.epoch, record.metrics()) for record in history)
         self.started = time.perf_counter() - self.earlier.get("wall_time_s", 0.0)
 
     def elapsed(self) -> float:

@@ -21,11 +21,16 @@ if TYPE_CHECKING:  # MLflow is imported where a run is opened (see tracking.stor
     from mlflow.entities import Dataset
 
 
+# dvc.lock grows with every stage and every training stage reads it: libyaml's safe loader where
+# PyYAML was built with it (it reads the same tree, several times faster), its own otherwise.
+LOCK_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def dvc_hash(out: str, lock_file: Path = Path("dvc.lock")) -> str | None:
     """The hash DVC recorded for output `out` (e.g. `data/prepared` -> `3f2c...a1.dir`), or None
     if dvc.lock does not list it yet."""
     try:
-        lock = yaml.safe_load(lock_file.read_text()) or {}
+        lock = yaml.load(lock_file.read_text(), Loader=LOCK_LOADER) or {}
     except (OSError, yaml.YAMLError):
         return None
     for stage in (lock.get("stages") or {}).values():

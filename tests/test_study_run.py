@@ -228,3 +228,31 @@ def test_a_run_without_system_metrics_support_still_trains(tmp_path, monkeypatch
     logged = run.client.get_run(run.run_id)
     assert logged.info.status == "FINISHED" and "no system metrics" in caplog.text
     assert mlflow.active_run() is None
+
+
+def test_a_monitored_run_ends_failed_or_finished_once_and_leaves_no_active_run(tmp_path, caplog):
+    import mlflow
+
+    with pytest.raises(RuntimeError), tracking.training_run("x", {}, tmp_path, system=True) as run:
+        raise RuntimeError("boom")
+    assert run.client.get_run(run.run_id).info.status == "FAILED"
+    assert mlflow.active_run() is None
+    with tracking.training_run("y", {}, tmp_path, system=True) as run:
+        pass
+    assert run.client.get_run(run.run_id).info.status == "FINISHED"
+    assert mlflow.active_run() is None
+
+
+def test_a_monitor_that_fails_to_stop_still_leaves_the_run_ended(tmp_path, monkeypatch, caplog):
+    import mlflow
+
+    def fail_to_end(status):
+        raise OSError("disk full")
+
+    with tracking.training_run("z", {}, tmp_path, system=True) as run:
+        monkeypatch.setattr(mlflow, "end_run", fail_to_end)  # the training's own end stands
+    assert run.client.get_run(run.run_id).info.status == "FINISHED"
+    assert "system metrics not stopped cleanly" in caplog.text
+    monkeypatch.undo()
+    with store.global_tracking_uri(run.client.tracking_uri):
+        mlflow.end_run()  # the fluent run the failed stop left behind, and its monitor

@@ -69,6 +69,8 @@ def test_same_params_give_the_same_metrics_on_cpu(prepared, in_repo):
     run = store.open_experiment(in_repo)[0].get_run(other["mlflow_run_id"])
     assert run.info.run_name == "deformable-tiny-1" and run.data.tags["seed"] == "1"
     assert run.data.params["run.seed"] == "1" and "train.seed" not in run.data.params
+    runtime = {k.removeprefix("runtime."): v for k, v in run.data.tags.items() if "runtime." in k}
+    assert runtime["device"] == "cpu" and runtime["deform_backend"] == other["deform_backend"]
 
 
 def test_training_writes_checkpoint_history_and_metrics(prepared, in_repo):

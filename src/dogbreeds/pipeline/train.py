@@ -160,6 +160,7 @@ class TrainingRecord(TrainingHooks):
     def start(self, params: dict, info: dict, seed: int, epochs: int) -> None:
         arch, schedule = params["run"]["arch"], params["run"]["schedule"]
         tags = {**tracking.run_tags(arch, schedule), "seed": str(seed)}
+        tags |= {f"runtime.{k}": v for k, v in info.items()}
         tags |= study.child_tags()  # a child of this repro's or experiment's study run
         if self.owned:  # runs an earlier, killed attempt left RUNNING end FAILED
             tracking.fail_abandoned_runs(self.key, partial(lineage.dvc_records, root=store_root()))
@@ -170,7 +171,6 @@ class TrainingRecord(TrainingHooks):
             tracking.training_run(self.name, tags, system=True)  # CPU, memory, GPU too
         )
         self.run.log_params(params)
-        self.run.set_tags({f"runtime.{k}": v for k, v in info.items()})
         history = self.state.history if self.state else []  # curves start at epoch 1
         self.run.log_steps((record.epoch, record.metrics()) for record in history)
         self.started = time.perf_counter() - self.earlier.get("wall_time_s", 0.0)

@@ -3,7 +3,7 @@
 A `Run` logs through an explicit client (no global active run), every write under the store's
 lock (`store.write`). A training killed mid-run cannot end its own run: the next attempt marks it
 FAILED (`fail_abandoned_runs`, `mark_failed`), so the store never keeps a run RUNNING. The one
-exception to "no global active run" is `system_metrics`: MLflow samples CPU, memory and GPU only
+exception to "no global active run" is `start_system_metrics`: MLflow samples CPU, memory and GPU only
 for a run its fluent API holds active. Each training run is a child of its study's run
 (`tracking.study`).
 """
@@ -189,9 +189,10 @@ def start_system_metrics(run: Run) -> bool:
     return True
 
 
-def stop_system_metrics(run: Run, status: str) -> None:
+def stop_system_metrics(run: Run, status: str) -> bool:
     """End the fluent run that `start_system_metrics` resumed, with the block's `status`, and
-    flush the monitor's last samples.
+    flush the monitor's last samples; False, with a warning, if that failed (the run is then
+    still to be ended).
 
     The monitor writes from its own thread without the store's lock (MLflow's code, not ours);
     under `dvc queue -j 2` a write of it that meets a locked SQLite file past the 20 s busy
@@ -209,19 +210,8 @@ def stop_system_metrics(run: Run, status: str) -> None:
             run.run_id,
             redact(" ".join(str(exc).split())[:200]),
         )
-
-
-@contextmanager
-def system_metrics(run: Run) -> Iterator[None]:
-    """System metrics sampled into `run` while the block runs (see `start_system_metrics`)."""
-    started = start_system_metrics(run)
-    status = "FAILED"
-    try:
-        yield
-        status = "FINISHED"
-    finally:
-        if started:
-            stop_system_metrics(run, status)
+        return False
+    return True
 
 
 @contextmanager
@@ -233,22 +223,25 @@ def training_run(
 ) -> Iterator[Run]:
     """A new run that ends FINISHED, or FAILED if the block raises; with `system`, MLflow's
     system metrics sampled into it meanwhile (a training's: a test's or an evaluation's run
-    has no use for them)."""
+    has no use for them; see `start_system_metrics`). Ending the monitor ends the run."""
     run = start_run(run_name, tags, root)
+    monitored = False
     try:
-        with system_metrics(run) if system else nullcontext():
-            yield run
+        monitored = system and start_system_metrics(run)
+        yield run
     except BaseException:
-        try:
-            run.end("FAILED")
-        except Exception as end_error:  # a full disk fails this write too: keep the first error
-            log.warning(
-                "MLflow run %s not marked FAILED (%s); the next attempt of it marks it",
-                run.run_id,
-                redact(" ".join(str(end_error).split())[:200]),
-            )
+        if not (monitored and stop_system_metrics(run, "FAILED")):
+            try:
+                run.end("FAILED")
+            except Exception as end_error:  # a full disk fails this write too: keep the first
+                log.warning(
+                    "MLflow run %s not marked FAILED (%s); the next attempt of it marks it",
+                    run.run_id,
+                    redact(" ".join(str(end_error).split())[:200]),
+                )
         raise
-    run.end("FINISHED")
+    if not (monitored and stop_system_metrics(run, "FINISHED")):
+        run.end("FINISHED")
 
 
 def mark_failed(run_id: str, root: Path | None = None) -> None:

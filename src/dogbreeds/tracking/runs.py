@@ -3,8 +3,8 @@
 A `Run` logs through an explicit client (no global active run), every write under the store's
 lock (`store.write`). A training killed mid-run cannot end its own run: the next attempt marks it
 FAILED (`fail_abandoned_runs`, `mark_failed`), so the store never keeps a run RUNNING. The one
-exception to "no global active run" is `start_system_metrics`: MLflow samples CPU, memory and GPU only
-for a run its fluent API holds active. Each training run is a child of its study's run
+exception to "no global active run" is `start_system_metrics`: MLflow samples CPU, memory and
+GPU only for a run its fluent API holds active. Each training run is a child of its study's run
 (`tracking.study`).
 """
 

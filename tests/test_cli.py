@@ -60,3 +60,45 @@ def test_a_stage_error_is_one_line_and_status_1(tmp_path):
     assert "Traceback" not in proc.stderr
     assert (tmp_path / "thread").read_text() == "joined"
     assert (tmp_path / "atexit").read_text() == "ran"
+
+
+GC_SCRIPT = """
+import gc, weakref
+from dogbreeds.common.cli import run_stage
+
+class Node:
+    pass
+
+def main():
+    before = gc.get_threshold()
+    node = Node()
+    node.me = node  # a cycle: only the collector frees it
+    freed = weakref.ref(node)
+    del node
+    young = gc.get_stats()[0]["collections"]
+    keep = [[] for _ in range(5000)]  # allocations enough for young collections to run
+    print(before[2], gc.get_threshold()[2] == 2**31 - 1, gc.isenabled(),
+          gc.get_stats()[0]["collections"] > young, freed() is None)
+
+run_stage(main)
+"""
+
+
+def test_a_stage_process_keeps_young_collections_and_no_full_ones():
+    src = Path(__file__).resolve().parents[1] / "src"
+    proc = subprocess.run(
+        [sys.executable, "-c", GC_SCRIPT],
+        capture_output=True, text=True, env={"PYTHONPATH": str(src), "PATH": ""}, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    threshold, never, enabled, collected, freed = proc.stdout.split()
+    assert threshold == "2147483647" and never == "True"  # set before the stage's main ran
+    assert enabled == collected == freed == "True"  # young cycles are still freed
+
+
+def test_importing_the_shell_leaves_this_process_collector_alone():
+    import gc
+
+    from dogbreeds.common import cli  # noqa: F401
+
+    assert gc.get_threshold()[2] < 2**31 - 1 and gc.isenabled()

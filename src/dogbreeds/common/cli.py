@@ -4,6 +4,7 @@ non-zero exit."""
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from collections.abc import Callable
@@ -20,6 +21,7 @@ def run_stage(main: Callable[[], None]) -> NoReturn:
     Call it last in a stage script: it does not return (`end_process`).
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    no_full_collections()
     try:
         main()
     except DogbreedsError as exc:
@@ -29,6 +31,26 @@ def run_stage(main: Callable[[], None]) -> NoReturn:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     end_process(0)
+
+
+def no_full_collections() -> None:
+    """Keep the cyclic garbage collector to its young generations for the rest of the process.
+
+    A stage process loads torch and MLflow (MLflow inside the stage, when a run opens): several
+    hundred thousand objects that live until the process ends. CPython collects its oldest
+    generation each time that grows by a quarter, so loading them walks an ever larger heap
+    again and again; it was the largest part of a stage's fixed cost besides the imports
+    themselves (`python -m dogbreeds fixedcost`; docs/performance.md, "A stage's fixed cost").
+    Young collections go on, so the cycles a stage's loops leave behind are still freed; an
+    object that became garbage in a cycle only after surviving two of them stays until the
+    process ends, which for a one-shot stage process is the same thing. Only stage processes
+    call this (tests, notebooks and `python -m dogbreeds` commands keep Python's defaults).
+    """
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, NEVER)
+
+
+NEVER = 2**31 - 1  # the largest threshold CPython takes: full collections are never due
 
 
 def end_process(status: int) -> NoReturn:

@@ -99,8 +99,8 @@ class Run:
         self, steps: Iterable[tuple[int, Mapping[str, float]]], model_id: str | None = None
     ) -> None:
         """Metrics at several steps (a curve, epochs replayed) in one write: each write is a
-        store transaction under the store's lock, so a curve of 28 points logged point by point
-        costs a stage 28 of them (`python -m dogbreeds fixedcost` measures a stage's total)."""
+        store transaction under the store's lock, so a curve logged point by point costs a
+        stage one per point (`python -m dogbreeds fixedcost` measures a stage's total)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)

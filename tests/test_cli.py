@@ -7,10 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dogbreeds.common import cli
+
 SCRIPT = """
 import atexit, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from dogbreeds.common import cli
 from dogbreeds import DogbreedsError
 from dogbreeds.common.cli import run_stage
 
@@ -64,7 +68,7 @@ def test_a_stage_error_is_one_line_and_status_1(tmp_path):
 
 GC_SCRIPT = """
 import gc, weakref
-from dogbreeds.common.cli import run_stage
+from dogbreeds.common.cli import NEVER, run_stage
 
 class Node:
     pass
@@ -77,7 +81,7 @@ def main():
     del node
     young = gc.get_stats()[0]["collections"]
     keep = [[] for _ in range(5000)]  # allocations enough for young collections to run
-    print(before[2], gc.get_threshold()[2] == 2**31 - 1, gc.isenabled(),
+    print(before[2], gc.get_threshold()[2] == NEVER, gc.isenabled(),
           gc.get_stats()[0]["collections"] > young, freed() is None)
 
 run_stage(main)
@@ -92,13 +96,11 @@ def test_a_stage_process_keeps_young_collections_and_no_full_ones():
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     threshold, never, enabled, collected, freed = proc.stdout.split()
-    assert threshold == "2147483647" and never == "True"  # set before the stage's main ran
+    assert threshold == str(cli.NEVER) and never == "True"  # set before the stage's main ran
     assert enabled == collected == freed == "True"  # young cycles are still freed
 
 
 def test_importing_the_shell_leaves_this_process_collector_alone():
     import gc
 
-    from dogbreeds.common import cli  # noqa: F401
-
-    assert gc.get_threshold()[2] < 2**31 - 1 and gc.isenabled()
+    assert gc.get_threshold()[2] < cli.NEVER and gc.isenabled()  # cli is imported above

@@ -230,9 +230,14 @@ def test_a_run_without_system_metrics_support_still_trains(tmp_path, monkeypatch
     assert mlflow.active_run() is None
 
 
-def test_a_monitored_run_ends_failed_or_finished_once_and_leaves_no_active_run(tmp_path, caplog):
+def test_a_monitored_run_ends_failed_or_finished_once_and_leaves_no_active_run(
+    tmp_path, monkeypatch
+):
     import mlflow
 
+    writes = []  # the store writes of our own: the monitor's end is MLflow's, so no "end" here
+    real_write = tracking.write
+    monkeypatch.setattr(tracking, "write", lambda *a: writes.append(a[2]) or real_write(*a))
     with pytest.raises(RuntimeError), tracking.training_run("x", {}, tmp_path, system=True) as run:
         raise RuntimeError("boom")
     assert run.client.get_run(run.run_id).info.status == "FAILED"
@@ -241,6 +246,7 @@ def test_a_monitored_run_ends_failed_or_finished_once_and_leaves_no_active_run(t
         pass
     assert run.client.get_run(run.run_id).info.status == "FINISHED"
     assert mlflow.active_run() is None
+    assert "end" not in writes and writes.count("system metrics") == 2  # one end per run
 
 
 def test_a_monitor_that_fails_to_stop_still_leaves_the_run_ended(tmp_path, monkeypatch, caplog):

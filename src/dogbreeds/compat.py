@@ -280,8 +280,8 @@ def exit_now(status: int) -> NoReturn:
 
 # Every Python file object is one of io's C file types or a subclass of one (gzip's, zipfile's
 # and tempfile's writers hold one too). The scan runs over every object the garbage collector
-# tracks, several hundred thousand with torch and MLflow loaded, so the per-object test stays
-# in C: the file types and their subclasses, as they exist at exit (`type.__subclasses__`),
+# tracks (`len(gc.get_objects())` at a stage's end: docs/performance.md), so the per-object test
+# stays in C: the file types and their subclasses, as they exist at exit (`type.__subclasses__`),
 # make a set, and `itertools.compress` keeps the objects whose type is in it. A Python-level
 # test per object (isinstance against the abstract io.IOBase worst of all) is a visible part of
 # a stage's exit (`python -m dogbreeds fixedcost`, "after last step"; docs/performance.md).

@@ -36,11 +36,12 @@ def run_stage(main: Callable[[], None]) -> NoReturn:
 def no_full_collections() -> None:
     """Keep the cyclic garbage collector to its young generations for the rest of the process.
 
-    A stage process loads torch and MLflow (MLflow inside the stage, when a run opens): several
-    hundred thousand objects that live until the process ends. CPython collects its oldest
-    generation each time that grows by a quarter, so loading them walks an ever larger heap
-    again and again; it was the largest part of a stage's fixed cost besides the imports
-    themselves (`python -m dogbreeds fixedcost`; docs/performance.md, "A stage's fixed cost").
+    A stage process loads torch and MLflow (MLflow inside the stage, when a run opens): objects
+    by the hundred thousand (docs/performance.md) that live until the process ends. CPython
+    collects its oldest generation each time that grows by a quarter, so loading them walks an
+    ever larger heap again and again; it was the largest part of a stage's fixed cost besides
+    the imports themselves (`python -m dogbreeds fixedcost`; docs/performance.md, "A stage's
+    fixed cost").
     Young collections go on, so the cycles a stage's loops leave behind are still freed; an
     object that became garbage in a cycle only after surviving two of them stays until the
     process ends, which for a one-shot stage process is the same thing. Only stage processes

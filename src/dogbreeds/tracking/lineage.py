@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # MLflow is imported where a run is opened (see tracking.stor
 
 
 # dvc.lock grows with every stage and every training stage reads it: libyaml's safe loader where
-# PyYAML was built with it (it reads the same tree, several times faster), its own otherwise.
+# PyYAML was built with it (the same tree, faster: docs/performance.md), its own otherwise.
 LOCK_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
